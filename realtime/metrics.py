@@ -16,7 +16,21 @@ LabelValues = tuple[str, ...]
 # Latency buckets in milliseconds: fine below 50 ms (relay and added latency), coarse above
 # (time to first token is dominated by the model).
 MS_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    10000,
+    30000,
 )
 
 
@@ -223,7 +237,9 @@ class ServiceMetrics:
             "Service time between a turn frame read and its gateway request sent, in milliseconds.",
         )
         self.gateway_errors_total = r.counter(
-            "realtime_gateway_errors_total", "Gateway failures, by HTTP status (or kind).", ["status"]
+            "realtime_gateway_errors_total",
+            "Gateway failures, by HTTP status (or kind).",
+            ["status"],
         )
         self.client_errors_total = r.counter(
             "realtime_client_errors_total", "Error messages sent to clients, by code.", ["code"]

@@ -46,7 +46,11 @@ def test_service_metrics_render_every_family():
     m.sessions_active.add(1)
     m.responses_total.inc("cancelled", "interrupted")
     text = m.render()
-    for family in ("realtime_sessions_active", "realtime_responses_total",
-                   "realtime_time_to_first_token_ms", "realtime_gateway_errors_total"):
+    for family in (
+        "realtime_sessions_active",
+        "realtime_responses_total",
+        "realtime_time_to_first_token_ms",
+        "realtime_gateway_errors_total",
+    ):
         assert f"# TYPE {family}" in text
     assert 'realtime_responses_total{outcome="cancelled",reason="interrupted"} 1' in text

@@ -1,0 +1,250 @@
+"""`python -m realtime serve|demo`: the command line.
+
+Every `serve` flag can also come from the environment (the flag wins), so a container can be
+configured without a command line. With neither an API key nor a gateway URL, `serve` starts
+the local LLM Gateway emulator in-process and says so in its first log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from realtime import logs
+
+log = logging.getLogger("realtime.cli")
+
+ENV = {
+    "host": "REALTIME_HOST",
+    "port": "REALTIME_PORT",
+    "gateway_url": "LLM_GATEWAY_URL",
+    "api_key": "ASSEMBLYAI_API_KEY",
+    "model": "REALTIME_MODEL",
+    "auth_token": "REALTIME_AUTH_TOKENS",
+    "max_frame_bytes": "REALTIME_MAX_FRAME_BYTES",
+    "max_concurrent": "REALTIME_MAX_CONCURRENT",
+    "rate_limit": "REALTIME_RATE_LIMIT",
+    "region": "LLM_GATEWAY_REGION",
+    "auth_scheme": "LLM_GATEWAY_AUTH_SCHEME",
+    "log_level": "REALTIME_LOG_LEVEL",
+}
+
+SERVE_HELP = """\
+Run the realtime service: clients connect to ws://HOST:PORT/v1/realtime, stream AssemblyAI
+Universal Streaming v3 turn events, and receive LLM replies streamed token by token.
+
+Every flag can also be set with the environment variable named in its help; the flag wins.
+Without --api-key and --gateway-url the service starts a local LLM Gateway emulator
+in-process (for trying it out offline) and says so in its first log line.
+"""
+
+
+def _env_default(name: str, fallback: str | None = None) -> str | None:
+    return os.environ.get(ENV[name], fallback)
+
+
+def _int(value: str | None, fallback: int) -> int:
+    return int(value) if value not in (None, "") else fallback
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime",
+        description="Speech-to-text turn events in, streamed LLM replies out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the service",
+        description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--host",
+        default=_env_default("host", "127.0.0.1"),
+        help="interface to listen on (REALTIME_HOST; default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=_int(_env_default("port"), 8080),
+        help="TCP port; 0 picks a free one (REALTIME_PORT; default 8080)",
+    )
+    serve.add_argument(
+        "--gateway-url",
+        default=_env_default("gateway_url"),
+        help="chat-completions base URL, the part before /chat/completions "
+        "(LLM_GATEWAY_URL; default AssemblyAI's LLM Gateway for --region)",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=_env_default("api_key"),
+        help="gateway API key (ASSEMBLYAI_API_KEY); never logged",
+    )
+    serve.add_argument(
+        "--region",
+        choices=("us", "eu"),
+        default=_env_default("region", "us"),
+        help="AssemblyAI gateway region when --gateway-url is not given "
+        "(LLM_GATEWAY_REGION; default us; EU serves Claude and Gemini only)",
+    )
+    serve.add_argument(
+        "--auth-scheme",
+        choices=("raw", "bearer"),
+        default=_env_default("auth_scheme", "raw"),
+        help="how the key is sent: raw 'Authorization: KEY' as AssemblyAI documents, "
+        "or 'Bearer KEY' for other OpenAI-compatible servers "
+        "(LLM_GATEWAY_AUTH_SCHEME; default raw)",
+    )
+    serve.add_argument(
+        "--model",
+        default=_env_default("model", "gpt-4.1"),
+        help="default model for new sessions (REALTIME_MODEL; default gpt-4.1)",
+    )
+    serve.add_argument(
+        "--auth-token",
+        action="append",
+        default=None,
+        metavar="TOKEN",
+        help="require clients to present this token (Bearer header or ?token=); "
+        "repeat for several (REALTIME_AUTH_TOKENS, comma-separated; "
+        "default: auth off)",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=_int(_env_default("max_frame_bytes"), 1024 * 1024),
+        help="largest client frame; bigger ones close the connection with 1009 "
+        "(REALTIME_MAX_FRAME_BYTES; default 1048576)",
+    )
+    serve.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=_int(_env_default("max_concurrent"), 512),
+        help="cap on concurrent gateway requests across all sessions "
+        "(REALTIME_MAX_CONCURRENT; default 512)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=int,
+        default=_int(_env_default("rate_limit"), 0),
+        help="requests per model per minute; requests beyond it wait instead of "
+        "drawing a 429 (REALTIME_RATE_LIMIT; default 0 = no limit; the "
+        "AssemblyAI gateway allows 30 on paid plans)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=_env_default("log_level", "info"),
+        choices=("debug", "info", "warning", "error"),
+        help="log level (REALTIME_LOG_LEVEL; default info)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="replay a bundled conversation through the service and print the replies",
+        description="Start the service and a local LLM Gateway emulator on loopback, replay a "
+        "bundled conversation (AssemblyAI v3 turn events with partials, formatted "
+        "finals, pauses and one barge-in) through a real WebSocket client, and print "
+        "each user turn and the streamed reply with its time to first token. "
+        "No key, no network.",
+    )
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="replay speed factor (2 = twice as fast; default 1)",
+    )
+    demo.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.04,
+        help="seconds between the emulated model's words (default 0.04)",
+    )
+    return parser
+
+
+def _auth_tokens(values: list[str] | None) -> tuple[str, ...]:
+    if values:
+        return tuple(v for v in values if v)
+    env = os.environ.get(ENV["auth_token"], "")
+    return tuple(t.strip() for t in env.split(",") if t.strip())
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from gateway_client import GatewayClient
+    from realtime.config import SessionConfig
+    from realtime.server import Server, ServerSettings
+
+    tokens = _auth_tokens(args.auth_token)
+    logs.setup(args.log_level, secrets=[args.api_key or "", *tokens])
+    emulator = None
+    base_url = args.gateway_url
+    api_key = args.api_key
+    if not api_key and not base_url:
+        from gateway_client.emulator import GatewayEmulator
+
+        log.info("no API key and no gateway URL: starting the local LLM Gateway emulator")
+        emulator = GatewayEmulator(host="127.0.0.1", port=0, token_delay=0.03)
+        await emulator.start()
+        base_url = emulator.base_url
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        auth_tokens=tokens,
+        max_frame_bytes=args.max_frame_bytes,
+        max_concurrent_requests=args.max_concurrent,
+        rate_limit_per_minute=args.rate_limit,
+        default_config=SessionConfig.from_defaults(model=args.model),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with GatewayClient(
+            base_url=base_url,
+            api_key=api_key,
+            region=args.region,
+            auth_scheme=args.auth_scheme,
+        ) as gateway:
+            server = Server(settings, gateway)
+            await server.start()
+            log.info(
+                "listening on ws://%s:%d/v1/realtime (gateway %s)",
+                args.host,
+                server.port,
+                base_url or "AssemblyAI " + args.region,
+                extra={"auth": bool(tokens), "model": args.model},
+            )
+            await stop.wait()
+            log.info("shutting down")
+            await server.stop()
+    finally:
+        if emulator is not None:
+            await emulator.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            return asyncio.run(serve(args))
+        except OSError as exc:
+            print(f"error: cannot start the server: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "demo":
+        from realtime.demo import run_demo
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(run_demo(speed=args.speed, token_delay=args.token_delay))
+        return 130
+    return 2  # pragma: no cover - argparse rejects unknown commands

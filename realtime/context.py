@@ -1,0 +1,250 @@
+"""Rolling conversation context: what each request carries, within a budget. Pure.
+
+The conversation is a bounded, ordered log of user turns (recorded when a turn fires) and
+assistant replies (a placeholder when the response is created, the text when it ends). A
+request holds the instructions, then as many of the most recent turns as fit in
+`max_context_tokens` and `max_context_turns`, oldest dropped first, never the current turn
+(PROTOCOL.md "Rolling context").
+
+Two rules keep the history equal to what the user actually heard (voice-frameworks.md section
+3, pain point 5): a cancelled or failed reply is kept only as far as it was delivered, and
+`response.truncate` keeps only a prefix of it. Context can never grow without bound: the log
+holds at most `max_entries` entries, and a request is built by walking back from the newest
+entry, so its cost follows the window, not the length of the session.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from realtime.config import SessionConfig
+
+__all__ = ["MESSAGE_OVERHEAD_TOKENS", "Conversation"]
+
+# Chat formats wrap each message in a few tokens of role markers; counted per message.
+MESSAGE_OVERHEAD_TOKENS = 4
+_RATIO_START = 4.0  # characters per token of English text, before any usage is seen
+_RATIO_MIN, _RATIO_MAX = 1.5, 8.0
+_RATIO_ALPHA = 0.2  # weight of a new observation in the moving average
+_PLACEHOLDER = re.compile(r"\{\{(turn|history)\}\}")
+
+
+@dataclass(slots=True)
+class _Entry:
+    turn_order: int
+    role: str  # "user" | "assistant"
+    text: str
+    finished: bool = True  # a reply is unfinished while it streams: never sent, never shown
+
+
+_Key = tuple[str, int | str]  # ("u", turn_order) or ("a", response_id)
+
+
+class Conversation:
+    """The history of one session and the request builder over it."""
+
+    def __init__(self, *, max_entries: int = 400) -> None:
+        if max_entries < 2:
+            raise ValueError("max_entries must be >= 2")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()  # oldest first
+        self._ratio = _RATIO_START
+
+    # ---- recording ------------------------------------------------------------------------
+
+    def add_user(self, turn_order: int, text: str) -> None:
+        """Record a fired turn. A turn already recorded keeps its place, with the new text."""
+        key: _Key = ("u", turn_order)
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.text = text
+            return
+        self._append(key, _Entry(turn_order, "user", text))
+
+    def replace_user(self, turn_order: int, text: str) -> bool:
+        """Replace a recorded turn's text (its formatted copy). False if it is not recorded."""
+        entry = self._entries.get(("u", turn_order))
+        if entry is None:
+            return False
+        entry.text = text
+        return True
+
+    def start_reply(self, response_id: str, turn_order: int) -> None:
+        """Reserve the reply's place after its turn; it is left out until `finish_reply`."""
+        self._append(("a", response_id), _Entry(turn_order, "assistant", "", finished=False))
+
+    def finish_reply(self, response_id: str, text: str) -> None:
+        """The reply ended: `text` is its full text (done) or what was delivered (cancelled,
+        failed). An empty text removes it. An unknown id (never started, or already dropped
+        by the bound) is ignored."""
+        key: _Key = ("a", response_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        if not text:
+            del self._entries[key]
+            return
+        entry.text, entry.finished = text, True
+
+    def truncate_reply(self, response_id: str, text: str) -> None:
+        """Keep only the prefix `text` of a finished reply (what the user heard).
+
+        Raises ValueError if the reply is unknown, still streaming, or `text` is not a prefix
+        of the text kept so far. An empty `text` removes the reply.
+        """
+        key: _Key = ("a", response_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            raise ValueError("no reply with this response_id in the history")
+        if not entry.finished:
+            raise ValueError("the reply is still streaming")
+        if not entry.text.startswith(text):
+            raise ValueError("text is not a prefix of the reply")
+        self.finish_reply(response_id, text)
+
+    def reply_text(self, response_id: str) -> str | None:
+        """The reply's kept text ("" while it streams); None if it is not in the history."""
+        entry = self._entries.get(("a", response_id))
+        return None if entry is None else entry.text
+
+    def history(self) -> list[dict[str, object]]:
+        """Every finished entry, oldest first (for a viewer's `session.created`)."""
+        return [
+            {"turn_order": e.turn_order, "role": e.role, "text": e.text}
+            for e in self._entries.values()
+            if e.finished and e.text
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _append(self, key: _Key, entry: _Entry) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    # ---- token estimate -------------------------------------------------------------------
+
+    def estimate_tokens(self, text: str) -> int:
+        """Estimated tokens of `text`: characters divided by the calibrated ratio, rounded up."""
+        return math.ceil(len(text) / self._ratio)
+
+    def observe_usage(self, prompt_chars: int, prompt_tokens: int) -> None:
+        """Calibrate the estimate with a request's real usage (moving average, clamped)."""
+        if prompt_chars <= 0 or prompt_tokens <= 0:
+            return
+        sample = min(max(prompt_chars / prompt_tokens, _RATIO_MIN), _RATIO_MAX)
+        ratio = self._ratio + _RATIO_ALPHA * (sample - self._ratio)
+        self._ratio = min(max(ratio, _RATIO_MIN), _RATIO_MAX)
+
+    @property
+    def chars_per_token(self) -> float:
+        return self._ratio
+
+    def _cost(self, text: str) -> int:
+        return self.estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+
+    # ---- building a request ---------------------------------------------------------------
+
+    def build_messages(
+        self, cfg: SessionConfig, turn_order: int, current_text: str | None = None
+    ) -> list[dict[str, object]]:
+        """The chat messages of the request for turn `turn_order`.
+
+        `current_text` is the turn's text when it is not recorded (a speculation); otherwise
+        the recorded text is used (KeyError if there is none). Only entries of older turns
+        form the history. The estimated total stays within `cfg.max_context_tokens` and the
+        turns within `cfg.max_context_turns`, except that the current turn is always sent,
+        even alone over budget.
+        """
+        text = self._current_text(turn_order, current_text)
+        messages: list[dict[str, object]] = []
+        if cfg.instructions:
+            messages.append({"role": "system", "content": cfg.instructions})
+        budget = cfg.max_context_tokens - sum(self._cost(str(m["content"])) for m in messages)
+        if cfg.prompt is None:
+            budget -= self._cost(text)
+            messages += self._dialogue(turn_order, budget, cfg.max_context_turns - 1)
+            messages.append({"role": "user", "content": text})
+        else:
+            content = self._render(cfg.prompt, turn_order, text, budget, cfg.max_context_turns)
+            messages.append({"role": "user", "content": content})
+        return messages
+
+    def _current_text(self, turn_order: int, current_text: str | None) -> str:
+        if current_text is not None:
+            return current_text
+        entry = self._entries.get(("u", turn_order))
+        if entry is None:
+            raise KeyError(f"turn {turn_order} is not recorded and no text was given")
+        return entry.text
+
+    def _older(self, turn_order: int) -> Iterator[_Entry]:
+        """Finished, non-empty entries of turns before `turn_order`, newest first."""
+        for entry in reversed(self._entries.values()):
+            if entry.turn_order < turn_order and entry.finished and entry.text:
+                yield entry
+
+    def _dialogue(self, turn_order: int, budget: int, max_turns: int) -> list[dict[str, object]]:
+        """Prior turns as user/assistant messages, whole turns only, newest kept first.
+
+        A turn (its user message and the replies after it) goes in whole or not at all, so
+        the history never starts with an orphan assistant message.
+        """
+        kept: list[_Entry] = []
+        group: list[_Entry] = []  # replies seen (walking back) before their user message
+        group_cost = turns = 0
+        for entry in self._older(turn_order):
+            if turns >= max_turns:
+                break
+            group.append(entry)
+            group_cost += self._cost(entry.text)
+            if entry.role != "user":
+                continue
+            if group_cost > budget:
+                break
+            budget -= group_cost
+            kept += group
+            group, group_cost, turns = [], 0, turns + 1
+        return [{"role": e.role, "content": e.text} for e in reversed(kept)]
+
+    def _render(
+        self, template: str, turn_order: int, text: str, budget: int, max_turns: int
+    ) -> str:
+        """Fill the prompt template in one pass (a turn's text that happens to contain a
+        placeholder is not expanded again)."""
+        history = ""
+        copies = template.count("{{history}}")
+        if copies:
+            fixed = _PLACEHOLDER.sub("", template) + text * template.count("{{turn}}")
+            room = (budget - self._cost(fixed)) // copies
+            history = "\n".join(self._transcript(turn_order, text, room, max_turns))
+        values = {"turn": text, "history": history}
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+    def _transcript(self, turn_order: int, text: str, budget: int, max_turns: int) -> list[str]:
+        """User turns up to the current one, one line each, oldest first, within `budget`
+        and `max_turns` lines (the current turn's line is always there).
+
+        Assistant replies are left out: the template's reader is summarising what was said,
+        and its own earlier answers would be echoed back into the summary.
+        """
+        lines = [text]
+        budget -= self.estimate_tokens(text) + 1
+        for entry in self._older(turn_order):
+            if len(lines) >= max_turns:
+                break
+            if entry.role != "user":
+                continue
+            cost = self.estimate_tokens(entry.text) + 1  # +1: the newline
+            if cost > budget:
+                break
+            budget -= cost
+            lines.append(entry.text)
+        lines.reverse()
+        return lines

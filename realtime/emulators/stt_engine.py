@@ -1,0 +1,354 @@
+"""The pure core of the speech-to-text emulator: query parsing and a scripted "ear".
+
+No sockets and no asyncio here. `parse_params` turns a /v3/ws query string into typed session
+settings the way the real service reads them; `ScriptedEar` turns a stream of audio frames
+(length in ms, loud or not) into AssemblyAI Universal Streaming v3 messages, "hearing" lines
+from a script instead of recognising speech.
+
+How it hears (all times on the audio clock, i.e. milliseconds of audio received):
+
+* Loud audio produces words: one word of the current script line per `word_ms` of loud audio.
+  Before a turn has its first word, a silent frame resets the count (a click is not speech).
+* The first word opens a turn and takes the next script line (the script repeats when it
+  runs out). Each new word sends a partial `Turn`.
+* Silence ends the turn after `max_turn_silence`, or after `min_turn_silence` when every word
+  of the line was heard and the line ends in terminal punctuation (. ? !) -- a stand-in for the
+  service's "confident end of turn". Words of a line that were not heard by then are dropped.
+* `ForceEndpoint` and `Terminate` end the current turn at once.
+
+Universal-Streaming models: partial words are lower-case without punctuation, the last word is
+not final and `transcript` holds the final words only; the end-of-turn message carries
+`utterance`; with `format_turns` a formatted copy follows (same `turn_order`, `utterance` "").
+Pro models (`u3-*`, `universal-3*`): `SpeechStarted` precedes a turn's first `Turn`, partial
+words are all non-final with confidence 0.0 for the turn, and the single final is formatted
+(`turn_is_formatted` = `end_of_turn`, `end_of_turn_confidence` 1.0).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+DEFAULT_SPEECH_MODEL = "universal-3-6-pro"  # newest default per the Oct-2026 reference
+DEFAULT_SAMPLE_RATE = 16000
+ENCODINGS = {"pcm_s16le": 2, "pcm_mulaw": 1}  # bytes per sample
+# Turn-silence defaults (ms) by model family: (min_turn_silence, max_turn_silence)
+US_SILENCE = (400, 1280)
+PRO_SILENCE = (100, 1000)
+
+_BOOL_PARAMS = {
+    "format_turns",
+    "language_detection",
+    "speaker_labels",
+    "filter_profanity",
+    "session_heartbeat",
+    "continuous_partials",
+    "redact_pii",
+    "include_partial_turns",
+    "acknowledge_silence",
+    "customer_support_audio_capture",
+}
+_INT_PARAMS = {
+    "sample_rate",
+    "min_turn_silence",
+    "max_turn_silence",
+    "max_speakers",
+    "interruption_delay",
+    "previous_context_n_turns",
+    "speaker_labels_revision_interval_ms",
+    "min_end_of_turn_silence_when_confident",
+}
+# inactivity_timeout is whole seconds on the wire; fractions are accepted for quick tests
+_FLOAT_PARAMS = {
+    "inactivity_timeout",
+    "end_of_turn_confidence_threshold",
+    "vad_threshold",
+    "voice_focus_threshold",
+}
+_JSON_PARAMS = {"keyterms_prompt", "llm_gateway", "language_codes"}
+
+
+class ParamError(ValueError):
+    """A connection parameter the emulator cannot accept (the server rejects the session)."""
+
+
+def is_pro_model(model: str) -> bool:
+    """Pro-family model names: u3-rt-pro, u3-pro, universal-3-5-pro, universal-3-6(-pro), ..."""
+    return model.startswith(("u3-", "universal-3"))
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    if key in _BOOL_PARAMS:
+        low = raw.strip().lower()
+        if low in ("true", "1"):
+            return True
+        if low in ("false", "0"):
+            return False
+        raise ParamError(f"{key} must be a boolean, got {raw!r}")
+    try:
+        if key in _INT_PARAMS:
+            return int(float(raw))
+        if key in _FLOAT_PARAMS:
+            return float(raw)
+    except ValueError:
+        raise ParamError(f"{key} must be a number, got {raw!r}") from None
+    if key in _JSON_PARAMS:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ParamError(f"{key} must be JSON") from None
+    return raw
+
+
+def parse_params(query: str) -> dict[str, Any]:
+    """Parse a /v3/ws query string: booleans in any case, numbers, JSON lists/objects.
+
+    Unknown parameters are kept as strings (the service ignores them). `token` is removed.
+    Defaults are filled in: sample_rate 16000, encoding pcm_s16le, speech_model as above.
+    The deprecated `min_end_of_turn_silence_when_confident` becomes `min_turn_silence`.
+    """
+    params: dict[str, Any] = {}
+    for key, raw in parse_qsl(query, keep_blank_values=True):
+        if key == "token":
+            continue
+        params[key] = _parse_value(key, raw)
+    old = params.pop("min_end_of_turn_silence_when_confident", None)
+    if old is not None:
+        params.setdefault("min_turn_silence", old)
+    params.setdefault("sample_rate", DEFAULT_SAMPLE_RATE)
+    params.setdefault("encoding", "pcm_s16le")
+    params.setdefault("speech_model", DEFAULT_SPEECH_MODEL)
+    if params["encoding"] not in ENCODINGS:
+        raise ParamError(f"unsupported encoding {params['encoding']!r}")
+    if not 8000 <= params["sample_rate"] <= 96000:
+        raise ParamError("sample_rate must be between 8000 and 96000")
+    return params
+
+
+# --- words and formatting ---------------------------------------------------------------------
+
+_STRIP = re.compile(r"[^\w']+")
+
+
+def raw_word(word: str) -> str:
+    """The unformatted spelling: lower-case, punctuation removed (apostrophes kept)."""
+    return _STRIP.sub("", word).lower() or word.lower()
+
+
+def _confidence(word: str) -> float:
+    # deterministic, word-dependent, plausible: 0.80 .. 0.99
+    return round(0.8 + (sum(map(ord, word)) % 20) / 100.0, 6)
+
+
+@dataclass(slots=True)
+class _Word:
+    text: str  # as written in the script (formatted)
+    start: int
+    end: int
+
+
+@dataclass(slots=True)
+class EarConfig:
+    """Session settings the ear needs; built from parsed params plus emulator options."""
+
+    speech_model: str = DEFAULT_SPEECH_MODEL
+    format_turns: bool = False
+    min_turn_silence: int | None = None
+    max_turn_silence: int | None = None
+    word_ms: int = 300
+    silence_ms: int | None = None  # emulator-wide default for both silences
+
+    @property
+    def pro(self) -> bool:
+        return is_pro_model(self.speech_model)
+
+    def silence_for(self, confident: bool) -> int:
+        """Silence (ms) that ends a turn; `confident` = whole line heard, ends in . ? !"""
+        dmin, dmax = PRO_SILENCE if self.pro else US_SILENCE
+        if self.silence_ms is not None:
+            dmin = dmax = self.silence_ms
+        lo = self.min_turn_silence if self.min_turn_silence is not None else dmin
+        hi = self.max_turn_silence if self.max_turn_silence is not None else dmax
+        return lo if confident else hi
+
+    def update(self, fields: dict[str, Any]) -> None:
+        """Apply UpdateConfiguration fields this ear understands; others are ignored."""
+        for key in ("min_turn_silence", "max_turn_silence"):
+            if isinstance(fields.get(key), int | float):
+                setattr(self, key, int(fields[key]))
+        if isinstance(fields.get("format_turns"), bool):
+            self.format_turns = fields["format_turns"]
+
+
+@dataclass
+class ScriptedEar:
+    """Audio frames in, v3 messages out (plain dicts, every required field, exact types)."""
+
+    config: EarConfig
+    script: list[str]
+    audio_ms: float = 0.0
+    turn_order: int = 0
+    _line: int = 0
+    _words: list[_Word] = field(default_factory=list)
+    _pending: list[str] = field(default_factory=list)  # words of the line not yet heard
+    _loud_ms: float = 0.0  # loud audio towards the next word
+    _word_start: int | None = None
+    _silent_ms: float = 0.0
+    _full_line: str = ""
+
+    @property
+    def in_turn(self) -> bool:
+        return bool(self._words)
+
+    def feed(self, duration_ms: float, loud: bool) -> list[dict[str, Any]]:
+        """Advance the audio clock by one frame; return the messages it triggers, in order."""
+        start = self.audio_ms
+        self.audio_ms += duration_ms
+        out: list[dict[str, Any]] = []
+        if not loud:
+            if not self.in_turn:
+                self._loud_ms, self._word_start = 0.0, None
+                return out
+            self._silent_ms += duration_ms
+            if self._silent_ms >= self.config.silence_for(self._confident()):
+                out.extend(self.end_turn())
+            return out
+        self._silent_ms = 0.0
+        if self._word_start is None:
+            self._word_start = int(start)
+        self._loud_ms += duration_ms
+        while self._loud_ms >= self.config.word_ms:
+            self._loud_ms -= self.config.word_ms
+            out.extend(self._next_word(int(self.audio_ms - self._loud_ms)))
+        return out
+
+    def _confident(self) -> bool:
+        return not self._pending and self._full_line.rstrip().endswith((".", "?", "!"))
+
+    def _next_word(self, end: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if not self.in_turn:
+            if not self.script:
+                return out
+            self._full_line = self.script[self._line % len(self.script)]
+            self._line += 1
+            self._pending = self._full_line.split()
+            if self.config.pro:
+                ts = self._word_start or 0
+                out.append({"type": "SpeechStarted", "timestamp": ts, "confidence": 0.9})
+        if not self._pending:  # whole line heard; further loud audio adds nothing
+            self._word_start = None
+            return out
+        start = self._word_start if self._word_start is not None else end - self.config.word_ms
+        self._words.append(_Word(self._pending.pop(0), start, end))
+        self._word_start = end if self._loud_ms > 0 else None
+        out.append(self._partial())
+        return out
+
+    def _word_dict(self, w: _Word, *, formatted: bool, final: bool) -> dict[str, Any]:
+        text = w.text if formatted else raw_word(w.text)
+        return {
+            "start": w.start,
+            "end": w.end,
+            "text": text,
+            "confidence": _confidence(text),
+            "word_is_final": final,
+        }
+
+    def _turn(
+        self,
+        *,
+        words: list[dict[str, Any]],
+        transcript: str,
+        end_of_turn: bool,
+        formatted: bool,
+        eot_conf: float,
+        utterance: str,
+    ) -> dict[str, Any]:
+        # key order follows the recorded service frames (type last)
+        return {
+            "turn_order": self.turn_order,
+            "turn_is_formatted": formatted,
+            "end_of_turn": end_of_turn,
+            "transcript": transcript,
+            "end_of_turn_confidence": eot_conf,
+            "words": words,
+            "utterance": utterance,
+            "type": "Turn",
+        }
+
+    def _partial(self) -> dict[str, Any]:
+        if self.config.pro:
+            words = [self._word_dict(w, formatted=True, final=False) for w in self._words]
+            text = " ".join(w["text"] for w in words)
+            return self._turn(
+                words=words,
+                transcript=text,
+                end_of_turn=False,
+                formatted=False,
+                eot_conf=0.0,
+                utterance="",
+            )
+        words = [self._word_dict(w, formatted=False, final=True) for w in self._words]
+        words[-1]["word_is_final"] = False
+        transcript = " ".join(w["text"] for w in words[:-1])
+        conf = round(0.01 * len(words), 6)
+        return self._turn(
+            words=words,
+            transcript=transcript,
+            end_of_turn=False,
+            formatted=False,
+            eot_conf=conf,
+            utterance="",
+        )
+
+    def end_turn(self) -> list[dict[str, Any]]:
+        """End the current turn now (silence, ForceEndpoint, Terminate); [] if none is open."""
+        if not self.in_turn:
+            return []
+        formatted_words = [self._word_dict(w, formatted=True, final=True) for w in self._words]
+        formatted_text = " ".join(w["text"] for w in formatted_words)
+        out: list[dict[str, Any]] = []
+        if self.config.pro:
+            out.append(
+                self._turn(
+                    words=formatted_words,
+                    transcript=formatted_text,
+                    end_of_turn=True,
+                    formatted=True,
+                    eot_conf=1.0,
+                    utterance=formatted_text,
+                )
+            )
+        else:
+            conf = 0.9 if self._confident() else 0.3
+            raw_words = [self._word_dict(w, formatted=False, final=True) for w in self._words]
+            out.append(
+                self._turn(
+                    words=raw_words,
+                    transcript=" ".join(w["text"] for w in raw_words),
+                    end_of_turn=True,
+                    formatted=False,
+                    eot_conf=conf,
+                    utterance=formatted_text,
+                )
+            )
+            if self.config.format_turns:
+                out.append(
+                    self._turn(
+                        words=formatted_words,
+                        transcript=formatted_text,
+                        end_of_turn=True,
+                        formatted=True,
+                        eot_conf=conf,
+                        utterance="",
+                    )
+                )
+        self.turn_order += 1
+        self._words, self._pending = [], []
+        self._loud_ms, self._word_start, self._silent_ms = 0.0, None, 0.0
+        return out

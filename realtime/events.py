@@ -1,0 +1,188 @@
+"""Client -> server messages: parsing and validation, pure.
+
+`parse_client_frame` turns one text frame into a typed message or raises `ProtocolError`
+with the documented error code (PROTOCOL.md "Errors"): `invalid_json`, `unknown_type`,
+`invalid_event`. Server -> client messages are plain dicts built by `realtime.messages`.
+
+Turn frames are on the latency path, so they are read from the orjson dict directly into a
+slotted dataclass, without a pydantic model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from realtime.turns import TurnEvent
+
+
+class ProtocolError(Exception):
+    """Bad client input; `code` is the wire error code. The session goes on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnMessage:
+    event: TurnEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    timestamp: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCancel:
+    response_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTruncate:
+    response_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """An AssemblyAI server message a client forwarded that has no effect on turns."""
+
+    type: str
+
+
+ClientMessage = (
+    SessionUpdate
+    | TurnMessage
+    | SpeechStarted
+    | Begin
+    | Termination
+    | ResponseCancel
+    | ResponseTruncate
+    | Ignored
+)
+
+# AssemblyAI v3 server messages that a client may forward verbatim and that carry nothing
+# the turn policy needs (reference section 2.5). Accepting them keeps "forward everything
+# you receive" clients working without error noise.
+_PASSIVE_AAI_TYPES = frozenset(
+    {"Heartbeat", "Warning", "SpeakerRevision", "Silence", "LLMGatewayResponse", "Error"}
+)
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool) -> Any:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError("invalid_event", f"{obj['type']}: missing field '{name}'")
+        return None
+    # bool is an int subclass: a JSON true is not a valid turn_order.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise ProtocolError(
+            "invalid_event",
+            f"{obj['type']}: field '{name}' must be {_kind_name(kind)}, got {_json_type(value)}",
+        )
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        str: "a string",
+        dict: "an object",
+        list: "an array",
+        float: "a number",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def _turn(obj: dict[str, Any]) -> TurnMessage:
+    turn_order = _field(obj, "turn_order", int, True)
+    if turn_order < 0:
+        raise ProtocolError("invalid_event", "Turn: field 'turn_order' must be >= 0")
+    transcript = _field(obj, "transcript", str, True)
+    end_of_turn = _field(obj, "end_of_turn", bool, False) or False
+    formatted = _field(obj, "turn_is_formatted", bool, False) or False
+    utterance = _field(obj, "utterance", str, False) or ""
+    words = _field(obj, "words", list, False)
+    word_count = len(words) if words else len(transcript.split())
+    return TurnMessage(
+        TurnEvent(
+            turn_order=turn_order,
+            transcript=transcript,
+            end_of_turn=end_of_turn,
+            turn_is_formatted=formatted,
+            utterance=utterance,
+            word_count=word_count,
+        )
+    )
+
+
+def parse_client_frame(data: str | bytes) -> ClientMessage:
+    """Parse one text frame from a participant. Raises ProtocolError on bad input."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("invalid_json", f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_event", "a frame must be a JSON object with a string 'type'")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("unknown_type", "a frame must have a string 'type'")
+    if kind == "Turn":
+        return _turn(obj)
+    if kind == "SpeechStarted":
+        return SpeechStarted(_field(obj, "timestamp", int, False))
+    if kind == "session.update":
+        return SessionUpdate(_field(obj, "session", dict, True))
+    if kind == "response.cancel":
+        return ResponseCancel(_field(obj, "response_id", str, False))
+    if kind == "response.truncate":
+        return ResponseTruncate(
+            _field(obj, "response_id", str, True), _field(obj, "text", str, True)
+        )
+    if kind == "Begin":
+        return Begin(_field(obj, "id", str, False))
+    if kind == "Termination":
+        return Termination()
+    if kind in _PASSIVE_AAI_TYPES:
+        return Ignored(kind)
+    raise ProtocolError("unknown_type", f"unknown message type '{kind[:64]}'")
