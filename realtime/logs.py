@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import orjson
 
@@ -57,3 +58,11 @@ def setup(level: str = "info", secrets: Iterable[str] = ()) -> None:
     # aiohttp's access log would print one line per HTTP request with no ids; keep it quiet.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime
+
+
+class ContextLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger adapter that merges its ids with the call's own `extra` (3.11's replaces them)."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs

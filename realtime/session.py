@@ -40,6 +40,7 @@ from realtime.events import (
     TurnMessage,
 )
 from realtime.limits import Limiter
+from realtime.logs import ContextLogger
 from realtime.metrics import ServiceMetrics
 from realtime.outbox import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, Outbox
 from realtime.turns import (
@@ -115,7 +116,7 @@ class Session:
         self._idle.set()
         self.terminated = False
         self.ended = False
-        self.log = logging.LoggerAdapter(log, {"session_id": session_id})
+        self.log = ContextLogger(log, {"session_id": session_id})
         # Extension points for the audio path (realtime/audio_relay.py, realtime/aai_compat.py):
         # `listeners` hear ("done" | "failed", response, result-or-error) as a response ends;
         # `relay` is the session's upstream speech-to-text relay, opened on the first audio.

@@ -10,6 +10,7 @@ from support.service import Service, turn, with_settings
 
 from gateway_client import GatewayClient
 from gateway_client.emulator import GatewayEmulator
+from realtime.logs import JsonFormatter
 from realtime.server import Server, ServerSettings
 
 
@@ -185,3 +186,30 @@ async def test_healthz_and_metrics(service: Service):
     assert "realtime_time_to_first_token_ms_count 1" in text
     assert "realtime_sessions_active 1" in text
     await c.close()
+
+
+async def test_keys_and_tokens_never_reach_logs_or_clients(
+    settings: ServerSettings, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level("DEBUG")
+    key, wrong_key, token = "aai-key-0123456789abcdef", "aai-key-wrong-000111", "client-tok-424242"
+    async with (
+        GatewayEmulator(host="127.0.0.1", port=0, api_keys=(key,)) as emu,
+        GatewayClient(base_url=emu.base_url, api_key=wrong_key, max_retries=0) as bad_gw,
+        Server(with_settings(settings, auth_tokens=(token,)), bad_gw) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        svc = Service(server, emu, http)
+        c = await svc.connect(query=f"token={token}")
+        await c.send(turn(0, "hello"))
+        failed = (await c.wait_type("response.failed"))[0]
+        assert failed["error"]["status"] == 401
+        await c.close()
+    # Rendered as the service renders them (JSON lines with every extra field), unredacted.
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    seen = str(c.messages) + "\n".join(lines)
+    failure = [line for line in lines if '"msg":"response failed"' in line]
+    assert failure and c.messages[0]["session_id"] in failure[0]  # logged, with its ids
+    assert '"response_id":"r_' in failure[0] and '"status":401' in failure[0]
+    for secret in (key, wrong_key, token):
+        assert secret not in seen

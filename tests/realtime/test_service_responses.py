@@ -282,3 +282,22 @@ async def test_a_cancelled_reply_is_kept_in_history_only_as_delivered(service: S
     ]
     assert assistant and assistant[0]["content"] == cancelled["delivered_text"]
     await c.close()
+
+
+async def test_a_gateway_deadline_becomes_response_failed_and_closes_upstream(
+    service: Service,
+):
+    from gateway_client import GatewayClient
+
+    service.emulator.faults.append(Fault("slow_first_token", delay=5.0))
+    async with GatewayClient(
+        base_url=service.emulator.base_url, api_key=None, max_retries=0, first_token_timeout=0.3
+    ) as impatient:
+        service.server.deps.gateway = impatient
+        c = await service.connect()
+        await c.send(turn(0, "anyone there"))
+        failed = (await c.wait_type("response.failed"))[0]
+        assert failed["error"]["code"] == "gateway_timeout"
+        gone = await service.emulator.wait_disconnect(timeout=5.0)
+        assert not gone.completed
+        await c.close()
