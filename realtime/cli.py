@@ -139,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
         "drawing a 429 (REALTIME_RATE_LIMIT; default 0 = no limit; the "
         "AssemblyAI gateway allows 30 on paid plans)",
     )
+    for phase, default, what in (
+        ("connect", 5.0, "to connect to the gateway"),
+        ("first-token", 30.0, "from request sent to the first streamed token"),
+        ("idle", 30.0, "between two streamed chunks"),
+        ("total", 300.0, "for one whole reply"),
+    ):
+        env = "REALTIME_" + phase.upper().replace("-", "_") + "_TIMEOUT"
+        serve.add_argument(
+            f"--{phase}-timeout",
+            type=float,
+            default=float(os.environ.get(env) or default),
+            metavar="S",
+            help=f"deadline in seconds {what}; a reply that misses it ends with response.failed "
+            f"(code gateway_timeout) ({env}; default {default:g})",
+        )
     serve.add_argument(
         "--log-level",
         default=_env_default("log_level", "info"),
@@ -213,6 +228,10 @@ async def serve(args: argparse.Namespace) -> int:
             api_key=api_key,
             region=args.region,
             auth_scheme=args.auth_scheme,
+            connect_timeout=args.connect_timeout,
+            first_token_timeout=args.first_token_timeout,
+            idle_timeout=args.idle_timeout,
+            total_timeout=args.total_timeout,
         ) as gateway:
             server = Server(settings, gateway)
             await server.start()
@@ -233,9 +252,27 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values that cannot work, with the flag's name, before anything starts."""
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be between 0 and 65535")
+    for name in ("max_frame_bytes", "max_concurrent"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rate_limit < 0:
+        parser.error("--rate-limit must be 0 (off) or more")
+    for phase in ("connect", "first_token", "idle", "total"):
+        if getattr(args, f"{phase}_timeout") <= 0:
+            parser.error(f"--{phase.replace('_', '-')}-timeout must be more than 0 seconds")
+    if not args.model.strip():
+        parser.error("--model must not be empty")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
+        _check_serve(parser, args)
         try:
             return asyncio.run(serve(args))
         except OSError as exc:

@@ -188,3 +188,24 @@ def test_demo_runs_green():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 interrupted" in result.stdout
     assert "time to first token" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--max-frame-bytes", "0"], "--max-frame-bytes"),
+        (["--rate-limit", "-1"], "--rate-limit"),
+        (["--region", "mars"], "--region"),
+    ],
+)
+def test_serve_refuses_bad_flags_with_a_clear_message(flags: list[str], says: str):
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "serve", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr
