@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"(code gateway_timeout) ({env}; default {default:g})",
         )
     serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default=os.environ.get("REALTIME_LOOP", "auto"),
+        help="event loop: uvloop when installed (pip install 'realtime[fast]'), else asyncio's "
+        "(REALTIME_LOOP; default auto)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env_default("log_level", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -240,7 +247,11 @@ async def serve(args: argparse.Namespace) -> int:
                 args.host,
                 server.port,
                 base_url or "AssemblyAI " + args.region,
-                extra={"auth": bool(tokens), "model": args.model},
+                extra={
+                    "auth": bool(tokens),
+                    "model": args.model,
+                    "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+                },
             )
             await stop.wait()
             log.info("shutting down")
@@ -268,11 +279,24 @@ def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--model must not be empty")
 
 
+def _choose_loop(parser: argparse.ArgumentParser, loop: str) -> None:
+    if loop == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            parser.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         _check_serve(parser, args)
+        _choose_loop(parser, args.loop)
         try:
             return asyncio.run(serve(args))
         except OSError as exc:
