@@ -301,3 +301,35 @@ async def test_a_gateway_deadline_becomes_response_failed_and_closes_upstream(
         gone = await service.emulator.wait_disconnect(timeout=5.0)
         assert not gone.completed
         await c.close()
+
+
+async def test_tool_calls_stream_as_tool_call_deltas_and_end_in_done(service: Service):
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    c = await service.connect(
+        session={
+            "tools": [weather],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        }
+    )
+    await c.send(turn(0, "what is the weather in paris"))
+    done = (await c.wait_type("response.done"))[0]
+    calls = done["tool_calls"]
+    assert calls and calls[0]["function"]["name"] == "get_weather"
+    fragments = [m for m in c.of(done["response_id"]) if m["type"] == "response.tool_call.delta"]
+    assert fragments and fragments[0]["name"] == "get_weather"
+    assert "".join(f["arguments"] or "" for f in fragments) == calls[0]["function"]["arguments"]
+    assert "city" in calls[0]["function"]["arguments"]
+    body = service.emulator.requests[-1].body
+    assert body["tools"] == [weather] and body["tool_choice"]["function"]["name"] == "get_weather"
+    await c.close()
