@@ -231,8 +231,8 @@ async def test_session_fallbacks_are_tried_before_failing(service: Service):
 
 
 async def test_a_failing_gateway_in_one_session_leaves_another_untouched(service: Service):
-    service.emulator.faults.append(Fault("drop", after_chunks=2, model="gpt-4.1-mini", times=10))
-    bad = await service.connect(session={"model": "gpt-4.1-mini"})
+    service.emulator.faults.append(Fault("drop", after_chunks=2, model="gpt-5-mini", times=10))
+    bad = await service.connect(session={"model": "gpt-5-mini"})
     good = await service.connect()
     await bad.send(turn(0, "this one breaks " * 5))
     await good.send(turn(0, "this one works"))
