@@ -239,6 +239,8 @@ async def serve(args: argparse.Namespace) -> int:
             first_token_timeout=args.first_token_timeout,
             idle_timeout=args.idle_timeout,
             total_timeout=args.total_timeout,
+            # One pooled connection per admitted request: the global cap is the pool size.
+            max_connections=args.max_concurrent,
         ) as gateway:
             server = Server(settings, gateway)
             await server.start()
