@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -244,6 +245,10 @@ async def serve(args: argparse.Namespace) -> int:
         ) as gateway:
             server = Server(settings, gateway)
             await server.start()
+            # Everything built so far lives as long as the process: keep it out of the
+            # collector's full passes, which otherwise grow with it and stall the loop.
+            gc.collect()
+            gc.freeze()
             log.info(
                 "listening on ws://%s:%d/v1/realtime (gateway %s)",
                 args.host,

@@ -35,14 +35,12 @@ class Outbox:
         role: str,
         limit: int,
         high_water: int | None = None,
-        send_timeout: float = 10.0,
         close_timeout: float = 2.0,
     ) -> None:
         self.ws = ws
         self.role = role
         self.limit = limit
         self.high_water = high_water if high_water is not None else max(1, limit // 2)
-        self.send_timeout = send_timeout
         self.close_timeout = close_timeout
         self._queue: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
@@ -99,8 +97,11 @@ class Outbox:
                     data = queue.popleft()
                     if len(queue) < self.high_water:
                         self._writable.set()
-                    async with asyncio.timeout(self.send_timeout):
-                        await ws.send_frame(data, WSMsgType.TEXT)
+                    # No timer per frame (it cost more than the send): send_frame only waits
+                    # when the socket buffer is full, and a peer that stops reading is caught
+                    # by the WebSocket heartbeat, whose failure closes the transport and
+                    # ends this wait with a ConnectionError.
+                    await ws.send_frame(data, WSMsgType.TEXT)
                 if self.closed:
                     break
                 self._wakeup.clear()
