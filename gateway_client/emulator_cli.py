@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 from pathlib import Path
 
 import orjson
@@ -83,8 +85,13 @@ async def _serve(args: argparse.Namespace) -> None:
         reply_words=args.reply_words,
         stream_only_openai=args.stream_only_openai,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(sig, stop.set)
     async with emulator:
-        await asyncio.Event().wait()  # until Ctrl-C cancels the run
+        await stop.wait()  # Ctrl-C or SIGTERM: stop cleanly, finishing the runner
 
 
 def main(argv: list[str] | None = None) -> None:
