@@ -290,7 +290,6 @@ class _StreamState:
                         self.done = True
                         break
                     continue
-                self.assembler.add(payload)
                 queue.append(ChatChunk(payload))
                 if self.debug:
                     log.debug("chunk %d: %s", self.assembler.chunks, event.data[:200])
@@ -321,7 +320,6 @@ class _StreamState:
                 request_id=parsed["request_id"],
             )
         chunk = completion_to_chunk(data)
-        self.assembler.add(chunk)
         self.queue.append(ChatChunk(chunk))
         self.got_first = True
         self.done = True
@@ -392,11 +390,14 @@ class ChatStream:
         if state is None:
             raise RuntimeError("use 'async with gw.stream(...) as stream' before iterating")
         queue = state.queue
+        if not queue:
+            await state.fill()
         if queue:
-            return queue.popleft()
-        await state.fill()
-        if queue:
-            return queue.popleft()
+            # Assemble as chunks are handed out, so text_so_far and result() describe what
+            # the caller has seen, not what was read ahead.
+            chunk = queue.popleft()
+            state.assembler.add(chunk.raw)
+            return chunk
         if state.error is not None and not self._raised:
             self._raised = True
             raise state.error
@@ -421,7 +422,7 @@ class ChatStream:
         return self._state.assembler.text_of(0) if self._state else ""
 
     def result(self) -> StreamResult:
-        """The completion assembled from every chunk received so far.
+        """The completion assembled from every chunk handed out so far.
 
         Complete once iteration finished; json-repair (if requested) is applied here.
         """
