@@ -336,9 +336,12 @@ class ChatStream:
     after any client-side fallback), ``attempts``, ``text_so_far``.
     """
 
-    def __init__(self, client: GatewayClient, request: ChatRequest) -> None:
+    def __init__(
+        self, client: GatewayClient, request: ChatRequest, wire: dict[str, Any] | None = None
+    ) -> None:
         self._client = client
         self._request = request
+        self._wire = wire
         self._state: _StreamState | None = None
         self._raised = False
         self.attempts = 0
@@ -564,11 +567,16 @@ class GatewayClient:
             repair_completion(completion)
         return completion
 
-    def stream(self, body: Mapping[str, Any] | ChatRequest) -> ChatStream:
+    def stream(self, body: Mapping[str, Any] | ChatRequest, *, trusted: bool = False) -> ChatStream:
         """Return a streamed completion; use it as ``async with gw.stream(body) as s``.
 
-        Validation happens here, before any network call.
+        Validation happens here, before any network call. ``trusted=True`` skips it for a
+        plain dict the caller built from already-validated parts (it is sent as given): the
+        realtime service does this, since validation costs more than the rest of sending.
         """
+        if trusted and isinstance(body, Mapping) and "post_processing_steps" not in body:
+            shell = ChatRequest.model_construct(model=body.get("model"), stream=True)
+            return ChatStream(self, shell, wire=dict(body))
         request = validate_request(body)
         if request.async_:
             raise InvalidRequestError("invalid request: async: cannot be combined with stream")
@@ -848,7 +856,7 @@ class GatewayClient:
 
     async def _open_stream(self, request: ChatRequest, stream: ChatStream) -> _StreamState:
         """Open the stream and read up to its first chunk (retries allowed until then)."""
-        wire = request_dict(request)
+        wire = stream._wire if stream._wire is not None else request_dict(request)
         wire["stream"] = True
 
         async def attempt_fn(
@@ -869,7 +877,8 @@ class GatewayClient:
                 attempt.response.close()
                 raise
             stream.model = model
-            self._log_ok(attempt, state.assembler.request_id)
+            first = state.queue[0].raw.get("request_id") if state.queue else None
+            self._log_ok(attempt, first if isinstance(first, str) else None)
             return state
 
         return await self._call(wire, attempt_fn)

@@ -453,7 +453,8 @@ class Session:
 
     async def _stream_once(self, r: Response, body: dict[str, Any]) -> Any:
         gw = self.deps.gateway
-        async with gw.stream(body) as stream:
+        # The body is built from a validated config and the context: skip re-validating it.
+        async with gw.stream(body, trusted=True) as stream:
             r.request_id = getattr(stream, "request_id", None)
             async for chunk in stream:
                 # The hot path reads the decoded dict directly: no wrapper objects per token.

@@ -525,3 +525,13 @@ async def test_json_repair_locally(broken_json_server: str) -> None:
     assert json.loads(fixed.text) == {"answer": 42, "items": [1, 2]}
     assert json.loads(fixed.tool_calls[0].function.arguments) == {"city": "Paris"}
     assert json.loads(stream.result().text) == {"answer": 42, "items": [1, 2]}
+
+
+async def test_trusted_stream_sends_the_body_as_given(emu: GatewayEmulator) -> None:
+    async with asyncio.timeout(GUARD), client(emu) as gw:
+        wire = {**body("as given"), "x_extension": {"keep": True}}
+        async with gw.stream(wire, trusted=True) as stream:
+            text = "".join([c.text async for c in stream])
+        assert "as given" in text and stream.result().text == text
+        assert emu.requests[-1].body["x_extension"] == {"keep": True}
+        assert emu.requests[-1].body["stream"] is True
