@@ -235,6 +235,27 @@ def _timeout(phase: type[GatewayTimeout], attempt: _Attempt | None) -> GatewayTi
     return err
 
 
+def _json_body(
+    body: bytes, secrets: Sequence[str | None], request_id: str | None
+) -> dict[str, Any]:
+    """Decode a 2xx JSON body; an error object inside it (a 200 that failed) raises."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("response body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("response body is not a JSON object")
+    if data.get("error") is not None:
+        parsed = parse_error_body(data)
+        raise StreamError(
+            scrub(parsed["message"] or "error", secrets),
+            status=parsed["status"],
+            code=parsed["code"],
+            request_id=parsed["request_id"] or request_id,
+        )
+    return data
+
+
 class _StreamState:
     """Reading side of an open stream: decoder, assembler and a queue of ready chunks."""
 
@@ -305,20 +326,7 @@ class _StreamState:
 
     def load_json(self, body: bytes) -> None:
         """A stream request answered with plain JSON: queue it as one equivalent chunk."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("stream answered with malformed JSON") from None
-        if not isinstance(data, dict):
-            raise ProtocolError("stream answered with a non-object JSON body")
-        if data.get("error") is not None:
-            parsed = parse_error_body(data)
-            raise StreamError(
-                scrub(parsed["message"] or "error", self.secrets),
-                status=parsed["status"],
-                code=parsed["code"],
-                request_id=parsed["request_id"],
-            )
+        data = _json_body(body, self.secrets, None)
         chunk = completion_to_chunk(data)
         self.queue.append(ChatChunk(chunk))
         self.got_first = True
@@ -834,20 +842,7 @@ class GatewayClient:
             attempt.response.close()
             raise
         attempt.response.release()
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("response body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ProtocolError("response body is not a JSON object")
-        if data.get("error") is not None:
-            parsed = parse_error_body(data)
-            raise StreamError(
-                scrub(parsed["message"] or "error", self._secrets),
-                status=parsed["status"],
-                code=parsed["code"],
-                request_id=parsed["request_id"] or attempt.request_id(),
-            )
+        data = _json_body(body, self._secrets, attempt.request_id())
         completion = ChatCompletion.model_validate(data)
         if not completion.request_id:
             completion.request_id = attempt.request_id()
