@@ -324,14 +324,18 @@ class Session:
         self._idle.clear()
         if not a.queued:
             r.start.set()
+        # Build the request now, from the context as it is at the moment the turn fired
+        # (the current turn is passed as text, so recording it afterwards changes nothing).
+        body = self._request_body(r)
+        assert self._tg is not None
+        # The request task is scheduled before response.created is queued, so the request
+        # goes out before the writer spends a send on the notice (deltas cannot overtake it:
+        # both go through the same ordered outbox).
+        r.task = self._tg.create_task(self._run(r, body))
         if not a.speculative:
             self._make_visible(r, a.text)
         else:
             self.deps.metrics.speculations_total.inc("started")
-        # Build the request now, from the context as it is at the moment the turn fired.
-        body = self._request_body(r)
-        assert self._tg is not None
-        r.task = self._tg.create_task(self._run(r, body))
 
     def _make_visible(self, r: Response, text: str) -> None:
         r.visible = True
