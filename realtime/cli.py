@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway API key (ASSEMBLYAI_API_KEY); never logged",
     )
     serve.add_argument(
+        "--stt-url",
+        default=os.environ.get("REALTIME_STT_URL"),
+        help="upstream speech-to-text WebSocket for audio clients (REALTIME_STT_URL; default "
+        "AssemblyAI's wss://streaming.assemblyai.com/v3/ws with ASSEMBLYAI_API_KEY; without a "
+        "key, a local speech-to-text emulator started in-process)",
+    )
+    serve.add_argument(
         "--region",
         choices=("us", "eu"),
         default=_env_default("region", "us"),
@@ -208,6 +215,7 @@ async def serve(args: argparse.Namespace) -> int:
     tokens = _auth_tokens(args.auth_token)
     logs.setup(args.log_level, secrets=[args.api_key or "", *tokens])
     emulator = None
+    stt_emulator = None
     base_url = args.gateway_url
     api_key = args.api_key
     if not api_key and not base_url:
@@ -217,6 +225,18 @@ async def serve(args: argparse.Namespace) -> int:
         emulator = GatewayEmulator(host="127.0.0.1", port=0, token_delay=0.03)
         await emulator.start()
         base_url = emulator.base_url
+    stt_url = args.stt_url
+    if not stt_url and api_key:
+        from realtime.stt import stt_url_for_region
+
+        stt_url = stt_url_for_region(None)
+    if not stt_url:
+        from realtime.emulators.stt import SttEmulator
+
+        stt_emulator = SttEmulator(host="127.0.0.1", port=0)
+        await stt_emulator.start()
+        stt_url = stt_emulator.url + "/v3/ws"
+        log.info("no API key and no --stt-url: audio goes to the local speech-to-text emulator")
     settings = ServerSettings(
         host=args.host,
         port=args.port,
@@ -225,6 +245,8 @@ async def serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent,
         rate_limit_per_minute=args.rate_limit,
         default_config=SessionConfig.from_defaults(model=args.model),
+        stt_url=stt_url,
+        stt_api_key=api_key,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,6 +288,8 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         if emulator is not None:
             await emulator.stop()
+        if stt_emulator is not None:
+            await stt_emulator.stop()
     log.info("stopped")
     return 0
 

@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +84,11 @@ class Server:
         self.port = settings.port
         # Set by the audio path when upstream speech-to-text is configured: makes a session's
         # relay on its first binary frame (see realtime/audio_relay.py).
-        self.relay_factory: Callable[[Session, Outbox], Any] | None = None
+        self.relay_factory: Callable[[Session, Outbox, Mapping[str, str]], Any] | None = None
+        if settings.stt_url:
+            from realtime.relay import relay_factory
+
+            self.relay_factory = relay_factory(settings.stt_url, settings.stt_api_key)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -208,32 +212,44 @@ class Server:
             _shrink_send_buffer(request)
             box = Outbox(ws, role="viewer", limit=self.settings.viewer_queue)
             assert existing is not None
-            await self._serve(ws, box, existing)
+            await self._serve(ws, box, existing, request.query)
         elif existing is not None:
             box = Outbox(ws, role="participant", limit=self.settings.participant_queue)
-            await self._serve(ws, box, existing)
+            await self._serve(ws, box, existing, request.query)
         else:
             session = Session(session_id or new_id("s_"), self.deps)
             self.sessions[session.id] = session
             box = Outbox(ws, role="participant", limit=self.settings.participant_queue)
             try:
                 async with session.running():
-                    await self._serve(ws, box, session)
+                    await self._serve(ws, box, session, request.query)
             finally:
                 self.sessions.pop(session.id, None)
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse, box: Outbox, session: Session) -> None:
+    async def _serve(
+        self,
+        ws: web.WebSocketResponse,
+        box: Outbox,
+        session: Session,
+        query: Mapping[str, str],
+    ) -> None:
         session.attach(box)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(box.run_writer())
-                await self._read(ws, box, session)
+                await self._read(ws, box, session, query)
                 box.close(CLOSE_GOING_AWAY if session.ended else 1000)
         finally:
             session.detach(box)
 
-    async def _read(self, ws: web.WebSocketResponse, box: Outbox, session: Session) -> None:
+    async def _read(
+        self,
+        ws: web.WebSocketResponse,
+        box: Outbox,
+        session: Session,
+        query: Mapping[str, str],
+    ) -> None:
         viewer = box.role == "viewer"
         async for frame in ws:
             received_at = time.perf_counter()
@@ -252,7 +268,11 @@ class Server:
                     session.send_error(box, "read_only", "viewers cannot send messages")
                 elif self.relay_factory is not None:
                     if session.relay is None:
-                        session.relay = self.relay_factory(session, box)
+                        try:
+                            session.relay = self.relay_factory(session, box, query)
+                        except ValueError as exc:
+                            session.send_error(box, "invalid_event", str(exc))
+                            continue
                     await session.relay.feed(frame.data)
                 else:
                     session.send_error(
