@@ -68,7 +68,10 @@ class AudioRelay:
         self.url = url
         self.api_key = api_key
         self.params = params
-        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_QUEUED_FRAMES)
+        # Audio frames, control messages for upstream (dicts), or None for "terminate".
+        self._frames: asyncio.Queue[bytes | dict[str, Any] | None] = asyncio.Queue(
+            MAX_QUEUED_FRAMES
+        )
         self._closed = False
         self._task = session.spawn(self._run())
 
@@ -76,6 +79,11 @@ class AudioRelay:
         """Queue one client audio frame; waits (slowing the client's reads) when far behind."""
         if not self._closed:
             await self._frames.put(pcm)
+
+    async def control(self, message: dict[str, Any]) -> None:
+        """Forward UpdateConfiguration / ForceEndpoint / KeepAlive / Terminate upstream."""
+        if not self._closed:
+            await self._frames.put(message)
 
     def close(self) -> None:
         """End the upstream session: Terminate, then close (sync; the task finishes it)."""
@@ -116,8 +124,19 @@ class AudioRelay:
 
     async def _send(self, stt: SttClient) -> None:
         try:
-            while (frame := await self._frames.get()) is not None:
-                await stt.send_audio(frame)
+            while (item := await self._frames.get()) is not None:
+                if isinstance(item, bytes):
+                    await stt.send_audio(item)
+                    continue
+                kind = item.get("type")
+                if kind == "Terminate":
+                    break
+                if kind == "ForceEndpoint":
+                    await stt.force_endpoint()
+                elif kind == "KeepAlive":
+                    await stt.keep_alive()
+                elif kind == "UpdateConfiguration":
+                    await stt.update_configuration(**{k: v for k, v in item.items() if k != "type"})
             await stt.terminate()
         except SttError:
             return  # the reading side raises the same failure and reports it

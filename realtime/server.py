@@ -86,9 +86,11 @@ class Server:
         # relay on its first binary frame (see realtime/audio_relay.py).
         self.relay_factory: Callable[[Session, Outbox, Mapping[str, str]], Any] | None = None
         if settings.stt_url:
+            from realtime import aai_compat
             from realtime.relay import relay_factory
 
             self.relay_factory = relay_factory(settings.stt_url, settings.stt_api_key)
+            aai_compat.install(self)  # GET /v3/ws, AssemblyAI's streaming protocol
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -3,52 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import replace
 
-import aiohttp
-import numpy as np
 import pytest
+from support.audio import tone
 from support.service import Service, assert_guarantees
 
-from gateway_client import GatewayClient
-from gateway_client.emulator import GatewayEmulator
 from realtime.emulators.stt import SttEmulator
 from realtime.relay import params_from_query
-from realtime.server import Server, ServerSettings
-
-RATE = 16000
-FRAME = RATE // 20  # 50 ms
-
-
-def tone(seconds: float, loud: bool) -> list[bytes]:
-    """PCM s16le mono frames of 50 ms: a 440 Hz tone, or silence."""
-    n = int(seconds * RATE)
-    t = np.arange(n) / RATE
-    x = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)) if loud else np.zeros(n)
-    pcm = x.astype("<i2").tobytes()
-    return [pcm[i : i + FRAME * 2] for i in range(0, len(pcm), FRAME * 2)]
-
-
-@pytest.fixture
-async def stt() -> AsyncIterator[SttEmulator]:
-    async with SttEmulator(
-        script=["hello there", "how are you"], word_ms=150, silence_ms=300
-    ) as emu:
-        yield emu
-
-
-@pytest.fixture
-async def audio_service(
-    settings: ServerSettings, emulator: GatewayEmulator, stt: SttEmulator
-) -> AsyncIterator[Service]:
-    with_stt = replace(settings, stt_url=stt.url + "/v3/ws", stt_api_key=None)
-    async with (
-        GatewayClient(base_url=emulator.base_url, api_key=None) as gw,
-        Server(with_stt, gw) as server,
-        aiohttp.ClientSession() as http,
-    ):
-        yield Service(server, emulator, http)
 
 
 async def send_audio(c, frames: list[bytes]) -> None:

@@ -1,0 +1,161 @@
+"""GET /v3/ws: the official assemblyai SDK talks to the service as if it were AssemblyAI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from assemblyai.streaming.v3 import (
+    BeginEvent,
+    LLMGatewayResponseEvent,
+    RealTimeEvents,
+    RealTimeParameters,
+    RealTimeTranscriber,
+    RealTimeTranscriberOptions,
+    TerminationEvent,
+    TurnEvent,
+)
+from support.audio import tone
+from support.service import Service
+
+from realtime.aai_compat import session_patch
+
+LLM = {
+    "model": "gpt-4.1",
+    "max_tokens": 200,
+    "messages": [{"role": "user", "content": "Reply to: {{turn}}"}],
+}
+
+
+class Sdk:
+    """The SDK's threaded client, recording every event it parsed."""
+
+    def __init__(self, port: int) -> None:
+        self.events: list[Any] = []
+        self.errors: list[Any] = []
+        self.client = RealTimeTranscriber(
+            RealTimeTranscriberOptions(api_key="any", api_host=f"ws://127.0.0.1:{port}")
+        )
+        for ev in (
+            RealTimeEvents.Begin,
+            RealTimeEvents.Turn,
+            RealTimeEvents.Termination,
+            RealTimeEvents.LLMGatewayResponse,
+        ):
+            self.client.on(ev, lambda _c, e: self.events.append(e))
+        self.client.on(RealTimeEvents.Error, lambda _c, e: self.errors.append(e))
+
+    def run(self, params: RealTimeParameters, chunks: list[bytes]) -> None:
+        self.client.connect(params)
+        for chunk in chunks:
+            self.client.stream(chunk)
+            time.sleep(0.045)
+        time.sleep(1.0)  # let the last turn's reply arrive before terminating
+        self.client.disconnect(terminate=True)
+
+
+async def test_official_sdk_gets_turns_llm_responses_and_termination(
+    audio_service: Service,
+):
+    sdk = Sdk(audio_service.server.port)
+    params = RealTimeParameters.model_validate(
+        {
+            "sample_rate": 16000,
+            "speech_model": "universal-streaming-english",
+            "format_turns": True,
+            "llm_gateway": LLM,
+        }
+    )
+    audio = tone(0.5, True) + tone(0.6, False) + tone(0.5, True) + tone(0.6, False)
+    async with asyncio.timeout(60):
+        await asyncio.to_thread(sdk.run, params, audio)
+    assert sdk.errors == []
+    assert isinstance(sdk.events[0], BeginEvent)
+    assert isinstance(sdk.events[-1], TerminationEvent)
+    turns = [e for e in sdk.events if isinstance(e, TurnEvent)]
+    replies = [e for e in sdk.events if isinstance(e, LLMGatewayResponseEvent)]
+    assert {t.turn_order for t in turns if t.end_of_turn} == {0, 1}
+    assert sorted(r.turn_order for r in replies) == [0, 1]
+    first = next(r for r in replies if r.turn_order == 0)
+    assert "hello there" in first.transcript.lower()
+    content = first.data["choices"][0]["message"]["content"]
+    assert "Reply to:" in content and "hello there" in content.lower()
+    body = audio_service.emulator.requests[0].body
+    assert body["max_tokens"] == 200
+    assert body["messages"][-1]["content"].startswith("Reply to: ")
+
+
+async def test_without_stream_llm_only_assemblyai_types_are_sent(
+    audio_service: Service,
+):
+    url = f"ws://127.0.0.1:{audio_service.server.port}/v3/ws?sample_rate=16000"
+    seen: list[str] = []
+    async with audio_service.http.ws_connect(url + "&llm_gateway=" + _q(LLM)) as ws:
+        for f in tone(0.5, True) + tone(0.6, False):
+            await ws.send_bytes(f)
+            await asyncio.sleep(0.045)
+        await asyncio.sleep(0.8)
+        await ws.send_str('{"type": "Terminate"}')
+        async for frame in ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                seen.append(frame.json()["type"])
+        assert ws.close_code == 1000
+    assert seen[0] == "Begin" and seen[-1] == "Termination"
+    assert "LLMGatewayResponse" in seen
+    assert not [t for t in seen if t.startswith(("response.", "session."))]
+
+
+async def test_stream_llm_adds_the_response_messages(audio_service: Service):
+    url = f"ws://127.0.0.1:{audio_service.server.port}/v3/ws?sample_rate=16000&stream_llm=true"
+    seen: list[str] = []
+    async with audio_service.http.ws_connect(url + "&llm_gateway=" + _q(LLM)) as ws:
+        for f in tone(0.5, True) + tone(0.6, False):
+            await ws.send_bytes(f)
+            await asyncio.sleep(0.045)
+        await asyncio.sleep(0.8)
+        await ws.send_str('{"type": "Terminate"}')
+        async for frame in ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                seen.append(frame.json()["type"])
+    assert "response.delta" in seen and "response.done" in seen
+    assert seen.index("response.done") < seen.index("Termination")
+
+
+async def test_invalid_client_message_gets_error_3006(audio_service: Service):
+    url = f"ws://127.0.0.1:{audio_service.server.port}/v3/ws?sample_rate=16000"
+    async with audio_service.http.ws_connect(url) as ws:
+        await ws.send_str("[]")
+        msgs = [f.json() async for f in ws if f.type == aiohttp.WSMsgType.TEXT]
+        assert ws.close_code == 3006
+    assert msgs[-1]["type"] == "Error" and msgs[-1]["error_code"] == 3006
+
+
+def test_llm_gateway_parameter_becomes_the_session_config():
+    patch = session_patch(
+        {
+            "llm_gateway": '{"model": "claude-sonnet-4-6", "max_tokens": 50, '
+            '"messages": [{"role": "system", "content": "Be brief."}, '
+            '{"role": "user", "content": "Summarise: {{turn}}"}]}',
+            "on_new_turn": "cancel",
+        }
+    )
+    assert patch == {
+        "preset": "per_turn",
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 50,
+        "instructions": "Be brief.",
+        "prompt": "Summarise: {{turn}}",
+        "on_new_turn": "cancel",
+    }
+    with pytest.raises(ValueError, match="llm_gateway"):
+        session_patch({"llm_gateway": "{nope"})
+
+
+def _q(obj: Any) -> str:
+    import json
+    from urllib.parse import quote
+
+    return quote(json.dumps(obj))
