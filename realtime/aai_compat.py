@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -22,7 +23,7 @@ from realtime.config import ConfigError
 from realtime.outbox import Outbox
 from realtime.relay import AudioRelay
 from realtime.session import Response, Session, new_id
-from realtime.stt import SttParams
+from realtime.stt import SttError, SttParams, mint_temporary_token
 
 log = logging.getLogger("realtime.aai_compat")
 
@@ -203,7 +204,46 @@ def install(server: Any) -> None:
             server.sessions.pop(session.id, None)
         return ws
 
+    async def stt_token(request: web.Request) -> web.Response:
+        """Mint a temporary speech-to-text token with the server's key, for a signed-in client
+        (a browser can then stream to AssemblyAI directly and forward the events here)."""
+        if not server.settings.auth_tokens:
+            return _http_error(403, "token minting needs the server's auth tokens to be on")
+        if not server.authorized(request):
+            return _http_error(401, "a valid auth token is required")
+        key = server.settings.stt_api_key
+        if not key:
+            return _http_error(503, "the server has no speech-to-text API key")
+        try:
+            expires = int(request.query.get("expires_in_seconds", "60"))
+            cap = request.query.get("max_session_duration_seconds")
+            max_s = int(cap) if cap is not None else None
+        except ValueError:
+            return _http_error(400, "expires_in_seconds and max_session_duration_seconds: integers")
+        if not 1 <= expires <= 600 or (max_s is not None and not 60 <= max_s <= 10800):
+            return _http_error(
+                400, "expires_in_seconds must be 1-600, max_session_duration_seconds 60-10800"
+            )
+        try:
+            body = await mint_temporary_token(
+                key,
+                expires_in_seconds=expires,
+                max_session_duration_seconds=max_s,
+                base_url=token_host(server.settings.stt_url),
+            )
+        except SttError as exc:
+            return _http_error(502, f"speech-to-text refused the token request ({exc.code})")
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
     server.app.router.add_get("/v3/ws", handle)
+    server.app.router.add_get("/v1/stt-token", stt_token)
+
+
+def token_host(stt_url: str) -> str:
+    """wss://streaming.assemblyai.com/v3/ws -> https://streaming.assemblyai.com."""
+    parts = urlsplit(stt_url)
+    scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
 
 
 async def _read(ws: web.WebSocketResponse, box: AaiOutbox, relay: AudioRelay) -> None:

@@ -159,3 +159,34 @@ def _q(obj: Any) -> str:
     from urllib.parse import quote
 
     return quote(json.dumps(obj))
+
+
+async def test_stt_token_is_minted_for_signed_in_clients_only(
+    settings, emulator, caplog: pytest.LogCaptureFixture
+):
+    from dataclasses import replace
+
+    from gateway_client import GatewayClient
+    from realtime.emulators.stt import SttEmulator
+    from realtime.server import Server
+
+    key = "aai-stt-key-98765"
+    async with SttEmulator(api_keys=[key]) as stt_emu:
+        cfg = replace(
+            settings, stt_url=stt_emu.url + "/v3/ws", stt_api_key=key, auth_tokens=("tok-1",)
+        )
+        async with (
+            GatewayClient(base_url=emulator.base_url, api_key=None) as gw,
+            Server(cfg, gw) as server,
+            aiohttp.ClientSession() as http,
+        ):
+            url = f"http://127.0.0.1:{server.port}/v1/stt-token?expires_in_seconds=60"
+            async with http.get(url) as resp:
+                assert resp.status == 401
+            async with http.get(url, headers={"Authorization": "Bearer tok-1"}) as resp:
+                body = await resp.json()
+                assert resp.status == 200 and body["token"] and body["expires_in_seconds"] == 60
+                assert key not in await resp.text()
+            async with http.get(url.replace("=60", "=6000") + "&token=tok-1") as resp:
+                assert resp.status == 400
+    assert key not in caplog.text

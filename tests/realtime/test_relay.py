@@ -63,3 +63,36 @@ def test_stt_query_parameters_become_upstream_params():
     assert p.extra == {"keyterms_prompt": '["Sonny"]'}
     with pytest.raises(ValueError, match="stt_sample_rate"):
         params_from_query({"stt_sample_rate": "fast"})
+
+
+async def test_a_48khz_stereo_wav_is_resampled_and_streamed_in_real_time(
+    audio_service: Service, stt: SttEmulator, tmp_path
+):
+    import wave
+
+    import numpy as np
+
+    from realtime.audio import Framer, read_wav
+
+    rate = 48000
+    t = np.arange(int(0.6 * rate)) / rate
+    speech = 0.3 * np.sin(2 * np.pi * 440 * t)
+    signal = np.concatenate([speech, np.zeros(int(0.6 * rate))])
+    stereo = np.stack([signal, signal * 0.5], axis=1)  # interleaved L/R
+    path = tmp_path / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((stereo * 32767).astype("<i2").tobytes())
+    mono16k = read_wav(path)
+    assert abs(len(mono16k) - len(signal) // 3) <= 3  # 48 kHz -> 16 kHz
+    framer = Framer()
+    frames = framer.push(mono16k.astype("<i2").tobytes())
+    c = await audio_service.connect()
+    await send_audio(c, frames)
+    done = (await c.wait_type("response.done", timeout=20))[0]
+    assert "hello there" in done["text"].lower()
+    await c.close()
+    record = await stt.wait_closed(timeout=10)
+    assert record.audio_bytes >= len(frames) * 1600 and record.errors == []
