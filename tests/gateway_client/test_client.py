@@ -39,7 +39,7 @@ WRONG_KEY = "aai-wrong-KEY-0a1b2c3d4e5f60718293"
 GUARD = 15.0  # hang guard for each test body, never a performance bound
 
 
-def body(text: str = "hello there", model: str = "gpt-4.1", **extra: Any) -> dict[str, Any]:
+def body(text: str = "hello there", model: str = "gpt-4.1", **extra: object) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
@@ -69,7 +69,7 @@ def client(emu: GatewayEmulator, **kwargs: Any) -> GatewayClient:
 async def test_complete(emu: GatewayEmulator) -> None:
     async with asyncio.timeout(GUARD), client(emu) as gw:
         result = await gw.complete(body("what is two plus two"))
-    assert "what is two plus two" in result.choices[0].message.content
+    assert "what is two plus two" in (result.choices[0].message.content or "")
     assert result.request_id and result.request_id == emu.requests[-1].request_id
     assert result.usage is not None and result.usage.total_tokens
     assert result.choices[0].finish_reason == "stop"
@@ -440,7 +440,7 @@ async def test_async_run_round_trip(emu: GatewayEmulator) -> None:
     async with asyncio.timeout(GUARD), client(emu) as gw:
         run_id = await gw.submit_run(body("run me later"))
         result = await gw.wait_run(run_id, poll_interval=0.05)
-        direct = await gw.complete(body("run me now", **{"async": True}))
+        direct = await gw.complete({**body("run me now"), "async": True})
     assert run_id and "run me later" in result.text
     assert "run me now" in direct.text
 
@@ -513,11 +513,11 @@ async def broken_json_server() -> AsyncIterator[str]:
 
 
 async def test_json_repair_locally(broken_json_server: str) -> None:
-    repair = {"post_processing_steps": [{"type": "json-repair"}]}
+    repair: dict[str, Any] = {"post_processing_steps": [{"type": "json-repair"}]}
     async with asyncio.timeout(GUARD), GatewayClient(base_url=broken_json_server) as gw:
         plain = await gw.complete(body())
-        fixed = await gw.complete(body(**repair))
-        async with gw.stream(body(**repair)) as stream:
+        fixed = await gw.complete({**body(), **repair})
+        async with gw.stream({**body(), **repair}) as stream:
             async for _ in stream:
                 pass
         assert stream.text_so_far == BROKEN  # chunks are passed on as received
