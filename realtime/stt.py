@@ -45,6 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from realtime.audio import FRAME_MS, Framer
 
+PACE_SLACK_S = 0.1  # how far audio may run ahead of real time (catch-up after connect)
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "wss://streaming.assemblyai.com/v3/ws"
@@ -383,7 +384,10 @@ class SttClient:
                 if isinstance(item, bytes):
                     now = loop.time()
                     start = now if start is None else start
-                    ahead = start + sent_s - now
+                    # The clock starts at the first send, but frames that queued while the
+                    # connection opened are that much behind: a little slack lets them catch
+                    # up instead of carrying the connect delay for the rest of the session.
+                    ahead = start + sent_s - now - PACE_SLACK_S
                     if ahead > 0:  # audio clock ahead of the wall clock
                         await asyncio.sleep(ahead)
                     await ws.send(item)
