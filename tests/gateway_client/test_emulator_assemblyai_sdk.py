@@ -94,7 +94,8 @@ async def test_stream(emu: GatewayEmulator) -> None:
         chunks, plain = await asyncio.to_thread(run)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain and "stream to the sdk" in text
-    assert chunks[0].model_extra and chunks[0].model_extra["request_id"]
+    # The first chunk's extra `request_id` is checked over raw HTTP in test_emulator.py: the
+    # SDK keeps unknown fields only under some pydantic versions (2.14 builds drop them).
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens > 0 and chunks[-1].usage.input_tokens is None
 
