@@ -429,6 +429,11 @@ class ChatStream:
         )
 
     @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (e.g. the gateway's X-RateLimit-*); empty before opening."""
+        return self._state.attempt.response.headers if self._state else {}
+
+    @property
     def text_so_far(self) -> str:
         return self._state.assembler.text_of(0) if self._state else ""
 

@@ -460,6 +460,13 @@ class Session:
         # The body is built from a validated config and the context: skip re-validating it.
         async with gw.stream(body, trusted=True) as stream:
             r.request_id = getattr(stream, "request_id", None)
+            headers = getattr(stream, "headers", {})
+            # The gateway says when a model's window is spent: later requests wait for it.
+            self.deps.limiter.gateway_said(
+                body["model"],
+                headers.get("X-RateLimit-Remaining"),
+                headers.get("X-RateLimit-Reset"),
+            )
             async for chunk in stream:
                 # The hot path reads the decoded dict directly: no wrapper objects per token.
                 choices = chunk.raw.get("choices")

@@ -88,12 +88,11 @@ async def test_official_sdk_gets_turns_llm_responses_and_termination(
     assert body["messages"][-1]["content"].startswith("Reply to: ")
 
 
-async def test_without_stream_llm_only_assemblyai_types_are_sent(
-    audio_service: Service,
-):
-    url = f"ws://127.0.0.1:{audio_service.server.port}/v3/ws?sample_rate=16000"
+async def speak_and_collect(service: Service, query: str) -> tuple[list[str], int | None]:
+    """One turn of audio into /v3/ws, then Terminate; the message types received, and the code."""
+    url = f"ws://127.0.0.1:{service.server.port}/v3/ws?sample_rate=16000{query}"
     seen: list[str] = []
-    async with audio_service.http.ws_connect(url + "&llm_gateway=" + _q(LLM)) as ws:
+    async with service.http.ws_connect(url + "&llm_gateway=" + _q(LLM)) as ws:
         for f in tone(0.5, True) + tone(0.6, False):
             await ws.send_bytes(f)
             await asyncio.sleep(0.045)
@@ -102,24 +101,19 @@ async def test_without_stream_llm_only_assemblyai_types_are_sent(
         async for frame in ws:
             if frame.type == aiohttp.WSMsgType.TEXT:
                 seen.append(frame.json()["type"])
-        assert ws.close_code == 1000
+    return seen, ws.close_code
+
+
+async def test_without_stream_llm_only_assemblyai_types_are_sent(audio_service: Service):
+    seen, code = await speak_and_collect(audio_service, "")
+    assert code == 1000
     assert seen[0] == "Begin" and seen[-1] == "Termination"
     assert "LLMGatewayResponse" in seen
     assert not [t for t in seen if t.startswith(("response.", "session."))]
 
 
 async def test_stream_llm_adds_the_response_messages(audio_service: Service):
-    url = f"ws://127.0.0.1:{audio_service.server.port}/v3/ws?sample_rate=16000&stream_llm=true"
-    seen: list[str] = []
-    async with audio_service.http.ws_connect(url + "&llm_gateway=" + _q(LLM)) as ws:
-        for f in tone(0.5, True) + tone(0.6, False):
-            await ws.send_bytes(f)
-            await asyncio.sleep(0.045)
-        await asyncio.sleep(0.8)
-        await ws.send_str('{"type": "Terminate"}')
-        async for frame in ws:
-            if frame.type == aiohttp.WSMsgType.TEXT:
-                seen.append(frame.json()["type"])
+    seen, _ = await speak_and_collect(audio_service, "&stream_llm=true")
     assert "response.delta" in seen and "response.done" in seen
     assert seen.index("response.done") < seen.index("Termination")
 

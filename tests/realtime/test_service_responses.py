@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from support.service import Service, assert_guarantees, turn
 
@@ -333,3 +334,25 @@ async def test_tool_calls_stream_as_tool_call_deltas_and_end_in_done(service: Se
     body = service.emulator.requests[-1].body
     assert body["tools"] == [weather] and body["tool_choice"]["function"]["name"] == "get_weather"
     await c.close()
+
+
+async def test_a_spent_gateway_window_holds_the_next_request_for_that_model(settings):
+    import aiohttp
+
+    from gateway_client import GatewayClient
+    from gateway_client.emulator import GatewayEmulator
+    from realtime.server import Server
+
+    async with (
+        GatewayEmulator(rate_limit=1) as emu,  # answers X-RateLimit-Remaining: 0 at once
+        GatewayClient(base_url=emu.base_url, api_key=None) as gw,
+        Server(settings, gw) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        c = await Service(server, emu, http).connect()
+        await c.send(turn(0, "first"))
+        await c.wait_type("response.done")
+        # The next request for that model would wait for the window, not draw a 429.
+        assert server.limiter.window("gpt-4.1").delay(time.monotonic()) > 0
+        assert server.limiter.window("gpt-5-mini").delay(time.monotonic()) == 0
+        await c.close()
