@@ -334,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot start the server: {exc}", file=sys.stderr)
             return 2
     if args.command == "demo":
+        if args.speed <= 0 or args.token_delay < 0:
+            parser.error("--speed must be more than 0 and --token-delay at least 0")
         from realtime.demo import run_demo
 
         with contextlib.suppress(KeyboardInterrupt):
