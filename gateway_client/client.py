@@ -191,6 +191,14 @@ class _Attempt:
 
     async def read(self, first: bool, secrets: Sequence[str | None]) -> bytes:
         """Read whatever bytes are available, under the phase deadline; b"" at end of body."""
+        content = self.response.content
+        try:
+            # Bytes already buffered need no deadline (and no timer object per read).
+            data = content.read_nowait()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._lost(exc, secrets) from None
+        if data or content.at_eof():
+            return data
         loop = asyncio.get_running_loop()
         deadline = self.first_deadline if first else loop.time() + self.idle
         phase: type[GatewayTimeout] = FirstTokenTimeout if first else IdleTimeout
@@ -198,14 +206,17 @@ class _Attempt:
             deadline, phase = self.total_deadline, TotalTimeout
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.response.content.readany()
+                return await content.readany()
         except TimeoutError:
             raise _timeout(phase, self) from None
         except _TRANSPORT_ERRORS as exc:
-            err = _translate(exc, secrets)
-            err.request_id = self.request_id()
-            err.model = self.model
-            raise err from None
+            raise self._lost(exc, secrets) from None
+
+    def _lost(self, exc: BaseException, secrets: Sequence[str | None]) -> GatewayError:
+        err = _translate(exc, secrets)
+        err.request_id = self.request_id()
+        err.model = self.model
+        return err
 
     async def read_all(self, limit: int, secrets: Sequence[str | None]) -> bytes:
         """Read the whole body (bounded by ``limit``), each read under the idle deadline."""
