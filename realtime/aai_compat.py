@@ -22,7 +22,8 @@ from aiohttp import WSMsgType, web
 from realtime.config import ConfigError
 from realtime.outbox import Outbox
 from realtime.relay import AudioRelay
-from realtime.session import Response, Session, new_id
+from realtime.responses import Response
+from realtime.session import Session, new_id
 from realtime.stt import SttError, SttParams, mint_temporary_token
 
 log = logging.getLogger("realtime.aai_compat")

@@ -14,13 +14,12 @@ response can be queued after it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway_client import GatewayError
@@ -43,6 +42,7 @@ from realtime.limits import Limiter
 from realtime.logs import ContextLogger
 from realtime.metrics import ServiceMetrics
 from realtime.outbox import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, Outbox
+from realtime.responses import Response, plain, tool_delta
 from realtime.turns import (
     Cancel,
     Discard,
@@ -73,30 +73,6 @@ class Deps:
     default_config: SessionConfig
     participant_queue: int = 4096
     viewer_queue: int = 1024
-
-
-@dataclass(slots=True, eq=False)
-class Response:
-    """The service's side of one response: its task, what was delivered, its one terminal."""
-
-    id: str
-    turn_order: int
-    text_in: str  # the user turn text it answers
-    model: str
-    speculative: bool
-    fired_at: float  # perf_counter when the firing event was read
-    visible: bool = False
-    task: asyncio.Task[None] | None = None
-    start: asyncio.Event = field(default_factory=asyncio.Event)
-    delivered: list[str] = field(default_factory=list)  # deltas published to clients
-    held: list[str] = field(default_factory=list)  # deltas of a hidden speculation
-    finished: bool = False  # a terminal message was published (or it was discarded)
-    outcome: tuple[str, Any] | None = None  # a hidden speculation's result, kept for promotion
-    sent_at: float | None = None
-    first_delta_at: float | None = None
-    promoted_at: float | None = None
-    request_id: str | None = None
-    prompt_chars: int = 0
 
 
 class Session:
@@ -483,7 +459,7 @@ class Session:
                 tool_calls = delta.get("tool_calls")
                 if tool_calls and r.visible:
                     for tc in tool_calls:
-                        self.publish(msg.tool_call_delta(r.id, r.turn_order, _tool_delta(tc)))
+                        self.publish(msg.tool_call_delta(r.id, r.turn_order, tool_delta(tc)))
             r.request_id = getattr(stream, "request_id", None) or r.request_id
             return stream.result()
 
@@ -509,22 +485,11 @@ class Session:
         else:
             self._failed(r, value)
 
-    def _timings(self, r: Response) -> dict[str, float]:
-        end = now()
-        origin = r.promoted_at or r.fired_at
-        head_start = (r.promoted_at - r.fired_at) * 1000 if r.promoted_at else 0.0
-        return {
-            "queued_ms": round(((r.sent_at or end) - r.fired_at) * 1000, 3),
-            "ttft_ms": round(((r.first_delta_at or end) - origin) * 1000, 3),
-            "total_ms": round((end - origin) * 1000, 3),
-            "speculative_head_start_ms": round(head_start, 3),
-        }
-
     def _done(self, r: Response, result: Any) -> None:
         r.finished = True
         text = "".join(r.delivered)
-        usage = _plain(getattr(result, "usage", None))
-        tool_calls = _plain(getattr(result, "tool_calls", None)) or None
+        usage = plain(getattr(result, "usage", None))
+        tool_calls = plain(getattr(result, "tool_calls", None)) or None
         self.conversation.finish_reply(r.id, text)
         if (
             isinstance(usage, dict)
@@ -540,7 +505,7 @@ class Session:
                 finish_reason=getattr(result, "finish_reason", None),
                 usage=usage,
                 request_id=r.request_id or getattr(result, "request_id", None),
-                timings=self._timings(r),
+                timings=r.timings(),
                 tool_calls=tool_calls,
                 model=getattr(result, "model", None),
             )
@@ -578,32 +543,3 @@ class Session:
             },
         )
         self._forget(r, notify_policy=True)
-
-
-def _tool_delta(tc: dict[str, Any]) -> dict[str, Any]:
-    fn = tc.get("function") or {}
-    return {
-        "index": tc.get("index", 0),
-        "id": tc.get("id") or fn.get("id"),
-        "name": fn.get("name"),
-        "arguments": fn.get("arguments"),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """Turn a model object (pydantic or slotted) into JSON-able data."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    dump: Callable[..., Any] | None = getattr(value, "model_dump", None)
-    if dump is not None:
-        return dump(exclude_none=True)
-    raw = getattr(value, "raw", None)
-    if isinstance(raw, dict):
-        return raw
-    return str(value)
