@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
-from realtime.config import ConfigError
+from realtime.core.config import ConfigError
 from realtime.outbox import Outbox
 from realtime.relay import AudioRelay
 from realtime.responses import Response

@@ -209,7 +209,7 @@ def _auth_tokens(values: list[str] | None) -> tuple[str, ...]:
 
 async def serve(args: argparse.Namespace) -> int:
     from gateway_client import GatewayClient
-    from realtime.config import SessionConfig
+    from realtime.core.config import SessionConfig
     from realtime.server import Server, ServerSettings
 
     tokens = _auth_tokens(args.auth_token)

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from realtime.config import SessionConfig
+from realtime.core.config import SessionConfig
 from realtime.server import Server, ServerSettings
 
 DEADLINE_S = 60.0

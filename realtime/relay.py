@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from realtime import messages as msg
-from realtime.events import ProtocolError, parse_client_frame
+from realtime.core import outbound as msg
+from realtime.core.inbound import ProtocolError, parse_client_frame
 from realtime.outbox import Outbox
 from realtime.session import Session
 from realtime.stt import SttClient, SttError, SttParams

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from realtime.config import SessionConfig
-from realtime.events import ProtocolError, parse_client_frame
+from realtime.core.config import SessionConfig
+from realtime.core.inbound import ProtocolError, parse_client_frame
 from realtime.limits import Limiter
 from realtime.metrics import ServiceMetrics
 from realtime.outbox import CLOSE_GOING_AWAY, Outbox

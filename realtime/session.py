@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway_client import GatewayError
-from realtime import messages as msg
-from realtime.config import ConfigError, SessionConfig
-from realtime.context import Conversation
-from realtime.events import (
+from realtime.core import outbound as msg
+from realtime.core.config import ConfigError, SessionConfig
+from realtime.core.context import Conversation
+from realtime.core.inbound import (
     Begin,
     ClientMessage,
     Ignored,
@@ -38,12 +38,7 @@ from realtime.events import (
     Termination,
     TurnMessage,
 )
-from realtime.limits import Limiter
-from realtime.logs import ContextLogger
-from realtime.metrics import ServiceMetrics
-from realtime.outbox import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, Outbox
-from realtime.responses import Response, plain, tool_delta
-from realtime.turns import (
+from realtime.core.turns import (
     Cancel,
     Discard,
     Fire,
@@ -53,6 +48,11 @@ from realtime.turns import (
     StartTimer,
     TurnPolicy,
 )
+from realtime.limits import Limiter
+from realtime.logs import ContextLogger
+from realtime.metrics import ServiceMetrics
+from realtime.outbox import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, Outbox
+from realtime.responses import Response, plain, tool_delta
 
 log = logging.getLogger("realtime.session")
 

@@ -11,7 +11,7 @@ from support.service import Service
 
 from gateway_client import GatewayClient
 from gateway_client.emulator import GatewayEmulator
-from realtime.config import SessionConfig
+from realtime.core.config import SessionConfig
 from realtime.emulators.stt import SttEmulator
 from realtime.server import Server, ServerSettings
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from realtime.config import SessionConfig
-from realtime.context import MESSAGE_OVERHEAD_TOKENS, Conversation
+from realtime.core.config import SessionConfig
+from realtime.core.context import MESSAGE_OVERHEAD_TOKENS, Conversation
 
 NO_SYSTEM = SessionConfig(instructions="")
 

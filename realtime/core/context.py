@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from realtime.config import SessionConfig
+from realtime.core.config import SessionConfig
 
 __all__ = ["MESSAGE_OVERHEAD_TOKENS", "Conversation"]
 

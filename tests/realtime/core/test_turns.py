@@ -13,8 +13,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from realtime.config import PRESETS, SessionConfig
-from realtime.turns import (
+from realtime.core.config import PRESETS, SessionConfig
+from realtime.core.turns import (
     MAX_SPECULATIONS_PER_TURN,
     TRANSITIONS,
     Cancel,

@@ -2,7 +2,7 @@
 
 `parse_client_frame` turns one text frame into a typed message or raises `ProtocolError`
 with the documented error code (PROTOCOL.md "Errors"): `invalid_json`, `unknown_type`,
-`invalid_event`. Server -> client messages are plain dicts built by `realtime.messages`.
+`invalid_event`. Server -> client messages are plain dicts built by `realtime.core.outbound`.
 
 Turn frames are on the latency path, so they are read from the orjson dict directly into a
 slotted dataclass, without a pydantic model.
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from realtime.turns import TurnEvent
+from realtime.core.turns import TurnEvent
 
 
 class ProtocolError(Exception):

@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from realtime.config import PRESETS, ConfigError, SessionConfig
+from realtime.core.config import PRESETS, ConfigError, SessionConfig
 
 
 def test_defaults_match_the_protocol():
