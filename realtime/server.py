@@ -45,6 +45,10 @@ class ServerSettings:
     participant_queue: int = 4096
     viewer_queue: int = 1024
     heartbeat_s: float = 30.0
+    # A connection whose queued data is not accepted within this is aborted (PROTOCOL.md).
+    write_timeout_s: float = 10.0
+    # WebSocket upgrades beyond this get 503 over_capacity; None: derived from the fd limit.
+    max_connections: int | None = None
     # Upstream speech-to-text for audio (binary frames, /v3/ws); None: audio is refused.
     stt_url: str | None = None
     stt_api_key: str | None = None
@@ -124,6 +128,19 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def residue(self) -> dict[str, int]:
+        """What the server still holds; every value is 0 once everything was released."""
+        return {
+            "sessions": len(self.sessions),
+            "connections": sum(len(s.participants) + len(s.viewers) for s in self.sessions.values()),
+            "handlers": 0,
+            "gauge_sessions": int(self.metrics.sessions_active.value()),
+            "gauge_connections": int(
+                self.metrics.connections_active.value("participant")
+                + self.metrics.connections_active.value("viewer")
+            ),
+        }
 
     @property
     def url(self) -> str:
