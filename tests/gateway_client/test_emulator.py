@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 
 from gateway_client.emulator import Fault, GatewayEmulator
-from gateway_client.emulator_faults import RateLimiter, parse_fault_header
-from gateway_client.emulator_schema import example_value
+from gateway_client.emulator.faults import RateLimiter, parse_fault_header
+from gateway_client.emulator.schema import example_value
 
 GUARD = 10.0
 KEY = "emu-test-key-0123456789abcdef"
@@ -605,6 +605,61 @@ async def test_client_abort_mid_stream_is_observed(emulator: GatewayEmulator) ->
     assert gone.disconnected and not gone.completed and gone.disconnected_at is not None
     assert 3 <= gone.chunks_sent < 500
     assert gone.request_id == resp.headers["x-request-id"]
+
+
+async def test_open_requests_counts_running_chat_handlers(emulator: GatewayEmulator) -> None:
+    slow = {"X-Emulator-Token-Delay": "0.02", "X-Emulator-Reply-Words": "20"}
+    assert emulator.open_requests == 0
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession() as http:
+        resp = await http.post(
+            f"{emulator.base_url}/chat/completions", json=chat(stream=True), headers=slow
+        )
+        first = await resp.content.readline()
+        assert first.startswith(b"data: ")
+        assert emulator.open_requests == 1  # still streaming
+        rest = await resp.read()
+        resp.release()
+        await emulator.wait_idle()
+    assert rest.endswith(b"data: [DONE]\n\n") and emulator.requests[-1].completed
+    assert emulator.open_requests == 0
+    await post(emulator, chat())  # a plain JSON answer counts and uncounts as well
+    await emulator.wait_idle()
+    assert emulator.open_requests == 0
+    await emulator.wait_idle()  # already idle: returns at once
+
+
+async def test_open_requests_returns_to_zero_when_the_client_leaves(
+    emulator: GatewayEmulator,
+) -> None:
+    slow = {"X-Emulator-Token-Delay": "0.02", "X-Emulator-Reply-Words": "500"}
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession() as http:
+        resp = await http.post(
+            f"{emulator.base_url}/chat/completions", json=chat(stream=True), headers=slow
+        )
+        await resp.content.readline()
+        assert emulator.open_requests == 1
+        resp.close()
+        gone = await emulator.wait_disconnect(timeout=5.0)
+        # The handler's finally ran before the disconnect was reported to us.
+        assert gone.disconnected and emulator.open_requests == 0
+    emulator.faults.append(Fault("hang_before_headers"))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
+        with pytest.raises(asyncio.TimeoutError):
+            await http.post(f"{emulator.base_url}/chat/completions", json=chat())
+    await emulator.wait_disconnect(timeout=5.0)
+    assert emulator.open_requests == 0
+
+
+async def test_wait_idle_times_out_while_a_request_hangs(emulator: GatewayEmulator) -> None:
+    emulator.faults.append(Fault("hang"))
+    async with asyncio.timeout(GUARD), aiohttp.ClientSession() as http:
+        resp = await http.post(f"{emulator.base_url}/chat/completions", json=chat(stream=True))
+        with pytest.raises(TimeoutError):
+            await emulator.wait_idle(timeout=0.05)
+        assert emulator.open_requests == 1
+        resp.close()
+        await emulator.wait_idle(timeout=5.0)
+    assert emulator.open_requests == 0
 
 
 async def test_stop_ends_hung_requests(make_emulator: Any) -> None:

@@ -14,7 +14,7 @@ import assemblyai as aai
 import pytest
 
 from gateway_client.emulator import GatewayEmulator
-from gateway_client.emulator_models import MODELS
+from gateway_client.emulator.models import MODELS
 
 GUARD = 20.0
 KEY = "aai-sdk-key-0f1e2d3c4b5a"

@@ -17,9 +17,9 @@ from typing import Any
 
 import json_repair
 
-from gateway_client.emulator_models import ModelInfo
-from gateway_client.emulator_schema import example_value
-from gateway_client.emulator_validate import tool_names
+from gateway_client.emulator.models import ModelInfo
+from gateway_client.emulator.schema import example_value
+from gateway_client.emulator.validate import tool_names
 
 TRANSCRIPT_TAG = "{{ transcript }}"  # exact spacing: other spellings are left alone
 FILLER = "and here is some more deterministic filler text from the gateway emulator".split()

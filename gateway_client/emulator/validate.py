@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway_client.emulator_models import MODELS
+from gateway_client.emulator.models import MODELS
 
 MAX_FALLBACK_DEPTH = 2
 MAX_STOP = 4

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway_client.emulator_faults import (
+from gateway_client.emulator.faults import (
     Failure,
     Fault,
     FaultQueue,
@@ -39,8 +39,8 @@ from gateway_client.emulator_faults import (
     invalid_request,
     parse_fault_header,
 )
-from gateway_client.emulator_models import MODELS, ModelInfo, models_payload
-from gateway_client.emulator_reply import (
+from gateway_client.emulator.models import MODELS, ModelInfo, models_payload
+from gateway_client.emulator.reply import (
     Reply,
     completion_envelope,
     make_reply,
@@ -49,7 +49,7 @@ from gateway_client.emulator_reply import (
     stream_chunks,
     substitute_transcript,
 )
-from gateway_client.emulator_validate import (
+from gateway_client.emulator.validate import (
     MAX_FALLBACK_DEPTH,
     field_errors,
     merge_fallback,
@@ -125,12 +125,26 @@ class GatewayEmulator:
         self._tasks: set[asyncio.Task[None]] = set()  # run jobs and in-flight handlers
         self._runner: web.AppRunner | None = None
         self._stopping = False
+        self._open_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def rate_limit(self) -> int | None:
         return self._limiter.limit
+
+    @property
+    def open_requests(self) -> int:
+        """Chat-completion requests whose handler is still running (0 when all are answered).
+
+        Counted from the moment a ``POST /v1/chat/completions`` handler starts until its
+        ``finally`` ran: a finished answer, a client that left mid-stream (the handler is
+        cancelled) and ``stop()`` all bring it back down. Tests assert it returns to 0 to
+        prove every upstream stream was closed.
+        """
+        return self._open_requests
 
     @property
     def url(self) -> str:
@@ -191,6 +205,17 @@ class GatewayEmulator:
                 await self._gone_event.wait()
         return self._gone.popleft()
 
+    async def wait_idle(self, timeout: float = 2.0) -> None:
+        """Return once ``open_requests`` is 0; raise TimeoutError if it is not within ``timeout``.
+
+        A client that closed its connection is noticed a loop turn or more later (the handler
+        is cancelled when the socket reports the loss), so assert ``open_requests == 0``
+        after this, not straight after the client left.
+        """
+        async with asyncio.timeout(timeout):
+            while self._open_requests:
+                await self._idle.wait()
+
     # ------------------------------------------------------------------ handlers
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -214,10 +239,23 @@ class GatewayEmulator:
         return _json(data, 200, {"x-request-id": rid})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        rid = str(uuid.uuid4())
+        # Owned while it runs: stop() cancels and awaits it; open_requests counts it.
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self._open_requests += 1
+        self._idle.clear()
+        try:
+            return await self._chat_handler(request)
+        finally:
+            self._open_requests -= 1
+            if not self._open_requests:
+                self._idle.set()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _chat_handler(self, request: web.Request) -> web.StreamResponse:
+        rid = str(uuid.uuid4())
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -241,8 +279,6 @@ class GatewayEmulator:
             self._mark_gone(rec)
             return web.Response(status=499)  # never reaches anyone; ends the handler
         finally:
-            if task is not None:
-                self._tasks.discard(task)
             log.info(
                 "POST /v1/chat/completions request_id=%s model=%s stream=%s status=%s "
                 "answered_by=%s fault=%s chunks=%d completed=%s disconnected=%s",
@@ -635,8 +671,3 @@ async def _forever() -> None:
     """Never answer; the wait ends when the client leaves or the emulator stops."""
     await asyncio.get_running_loop().create_future()
 
-
-if __name__ == "__main__":
-    from gateway_client.emulator_cli import main
-
-    main()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway_client.emulator import GatewayEmulator
+from gateway_client.emulator.server import GatewayEmulator
 
 
 def _parser() -> argparse.ArgumentParser:
