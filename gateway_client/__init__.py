@@ -13,7 +13,8 @@ async with GatewayClient() as gw:
 
 Pure cores: :mod:`gateway_client.sse` (SSE decoder), :mod:`gateway_client.assemble`
 (chunk assembler), :mod:`gateway_client.retry` (retry policy), :mod:`gateway_client.errors`
-(error family and body parsing). The aiohttp adapter is :mod:`gateway_client.client`.
+(error family and body parsing). The aiohttp adapter is :mod:`gateway_client.client`
+(transport in :mod:`gateway_client._transport`, the stream in :mod:`gateway_client._stream`).
 """
 
 from gateway_client.assemble import (

@@ -1,7 +1,10 @@
-"""The aiohttp adapter: one pooled session, phase deadlines, retries, fallbacks, cancellation.
+"""The public client: :class:`GatewayClient`, its :class:`Timeouts` and :data:`REGION_URLS`.
 
-Everything that decides (SSE framing, chunk assembly, retry policy, error parsing) lives in the
-pure modules; this module only moves bytes and enforces time:
+One pooled keep-alive aiohttp session per client; every call goes through one loop of retries
+and fallbacks. Everything that decides (SSE framing, chunk assembly, retry policy, error
+parsing) lives in the pure modules; one HTTP exchange is :mod:`gateway_client._transport`;
+the reading side of a stream (:class:`~gateway_client._stream.ChatStream`, re-exported here)
+is :mod:`gateway_client._stream`. The contract of this module:
 
 * **Deadlines by phase** (:class:`Timeouts`): ``connect`` (TCP/TLS, via aiohttp's
   ``sock_connect``), ``first_token`` (from the moment the request headers were written to the
@@ -24,50 +27,48 @@ pure modules; this module only moves bytes and enforces time:
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
 
-from gateway_client.assemble import ChunkAssembler, StreamResult
+from gateway_client._stream import ChatStream, StreamState, completion_from_stream
+from gateway_client._transport import (
+    MAX_JSON_BODY,
+    TRANSPORT_ERRORS,
+    Attempt,
+    Marks,
+    json_body,
+    on_headers_sent,
+    status_error,
+    timeout_error,
+    translate,
+)
 from gateway_client.errors import (
     AuthenticationError,
-    ConnectError,
-    ConnectionLost,
     ConnectTimeout,
     FirstTokenTimeout,
     GatewayError,
     GatewayTimeout,
-    IdleTimeout,
     InvalidRequestError,
     ProtocolError,
     RunFailedError,
-    StreamError,
     TotalTimeout,
-    TransportError,
     error_for_status,
     parse_error_body,
     scrub,
 )
-from gateway_client.models import (
-    ChatChunk,
-    ChatCompletion,
-    ChatRequest,
-    completion_to_chunk,
-    request_dict,
-    validate_request,
-)
-from gateway_client.repair import repair_completion, repair_stream_result
+from gateway_client.models import ChatCompletion, ChatRequest, request_dict, validate_request
+from gateway_client.repair import repair_completion
 from gateway_client.retry import RetryPolicy, retry_delay, server_wait_hint, should_retry
-from gateway_client.sse import DONE, SSEDecoder, parse_chunk
 
 __all__ = ["REGION_URLS", "ChatStream", "GatewayClient", "Timeouts"]
 
@@ -78,12 +79,6 @@ REGION_URLS = {
     "eu": "https://llm-gateway.eu.assemblyai.com/v1",
 }
 
-# Error and JSON bodies are read whole; bound them so a misbehaving server cannot exhaust memory.
-_MAX_ERROR_BODY = 1 << 20
-_MAX_JSON_BODY = 16 << 20
-# After [DONE] the chunked-encoding terminator is normally already buffered; wait this long at
-# most for it so the connection can go back to the pool, else just close it.
-_DRAIN_WAIT = 0.25
 _DONE_STATUSES = frozenset({"done", "completed", "complete", "succeeded", "success"})
 _FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled", "expired"})
 
@@ -103,365 +98,6 @@ class Timeouts:
         for name in ("connect", "first_token", "idle", "total"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"timeout {name} must be > 0")
-
-
-class _Marks:
-    """Per-attempt scratchpad filled by the aiohttp trace hook (when headers were sent)."""
-
-    __slots__ = ("first_deadline", "first_token", "scope", "sent", "total_deadline")
-
-    def __init__(self, first_token: float, total_deadline: float) -> None:
-        self.first_token = first_token
-        self.total_deadline = total_deadline
-        self.first_deadline = total_deadline
-        self.sent = False
-        self.scope: asyncio.Timeout | None = None
-
-
-async def _on_headers_sent(
-    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: Any
-) -> None:
-    # The connection exists and our request is on the wire: the first-token clock starts now.
-    marks = ctx.trace_request_ctx
-    if isinstance(marks, _Marks):
-        marks.sent = True
-        marks.first_deadline = min(
-            asyncio.get_running_loop().time() + marks.first_token, marks.total_deadline
-        )
-        if marks.scope is not None:
-            marks.scope.reschedule(marks.first_deadline)
-
-
-def _translate(exc: BaseException, secrets: Sequence[str | None]) -> GatewayError:
-    """Map an aiohttp/OS exception to our family (the boundary of DESIGN principle 7)."""
-    text = scrub(str(exc) or type(exc).__name__, secrets)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectTimeout(f"connect timed out: {text}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectError(f"cannot connect: {text}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return ConnectionLost(f"connection lost: {text}")
-    if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
-        return ConnectionLost(f"connection error: {text}")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return ProtocolError(f"bad HTTP response: {text}")
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
-        return InvalidRequestError(f"invalid request: {text}")
-    return TransportError(f"transport error: {text}")
-
-
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
-
-
-class _Attempt:
-    """One HTTP exchange in flight: the response and the deadlines that govern reading it."""
-
-    __slots__ = (
-        "attempt_no",
-        "first_deadline",
-        "idle",
-        "model",
-        "response",
-        "started",
-        "total_deadline",
-    )
-
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        *,
-        model: str,
-        first_deadline: float,
-        total_deadline: float,
-        idle: float,
-        started: float,
-        attempt_no: int,
-    ) -> None:
-        self.attempt_no = attempt_no
-        self.response = response
-        self.model = model
-        self.first_deadline = first_deadline
-        self.total_deadline = total_deadline
-        self.idle = idle
-        self.started = started
-
-    def request_id(self) -> str | None:
-        headers = self.response.headers
-        return headers.get("x-request-id") or headers.get("request-id")
-
-    async def read(self, first: bool, secrets: Sequence[str | None]) -> bytes:
-        """Read whatever bytes are available, under the phase deadline; b"" at end of body."""
-        content = self.response.content
-        try:
-            # Bytes already buffered need no deadline (and no timer object per read).
-            data = content.read_nowait()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._lost(exc, secrets) from None
-        if data or content.at_eof():
-            return data
-        loop = asyncio.get_running_loop()
-        deadline = self.first_deadline if first else loop.time() + self.idle
-        phase: type[GatewayTimeout] = FirstTokenTimeout if first else IdleTimeout
-        if deadline >= self.total_deadline:
-            deadline, phase = self.total_deadline, TotalTimeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await content.readany()
-        except TimeoutError:
-            raise _timeout(phase, self) from None
-        except _TRANSPORT_ERRORS as exc:
-            raise self._lost(exc, secrets) from None
-
-    def _lost(self, exc: BaseException, secrets: Sequence[str | None]) -> GatewayError:
-        err = _translate(exc, secrets)
-        err.request_id = self.request_id()
-        err.model = self.model
-        return err
-
-    async def read_all(self, limit: int, secrets: Sequence[str | None]) -> bytes:
-        """Read the whole body (bounded by ``limit``), each read under the idle deadline."""
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            data = await self.read(False, secrets)
-            if not data:
-                return b"".join(parts)
-            size += len(data)
-            if size > limit:
-                raise ProtocolError(f"response body larger than {limit} bytes")
-            parts.append(data)
-
-
-def _timeout(phase: type[GatewayTimeout], attempt: _Attempt | None) -> GatewayTimeout:
-    words = {
-        ConnectTimeout: "connecting took too long",
-        FirstTokenTimeout: "no first token within the first_token deadline",
-        IdleTimeout: "no data within the idle deadline",
-        TotalTimeout: "the call exceeded its total deadline",
-    }
-    err = phase(words.get(phase, "timed out"))
-    if attempt is not None:
-        err.request_id = attempt.request_id()
-        err.model = attempt.model
-    return err
-
-
-def _json_body(
-    body: bytes, secrets: Sequence[str | None], request_id: str | None
-) -> dict[str, Any]:
-    """Decode a 2xx JSON body; an error object inside it (a 200 that failed) raises."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("response body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("response body is not a JSON object")
-    if data.get("error") is not None:
-        parsed = parse_error_body(data)
-        raise StreamError(
-            scrub(parsed["message"] or "error", secrets),
-            status=parsed["status"],
-            code=parsed["code"],
-            request_id=parsed["request_id"] or request_id,
-        )
-    return data
-
-
-class _StreamState:
-    """Reading side of an open stream: decoder, assembler and a queue of ready chunks."""
-
-    __slots__ = (
-        "assembler",
-        "attempt",
-        "debug",
-        "decoder",
-        "done",
-        "error",
-        "got_first",
-        "queue",
-        "secrets",
-    )
-
-    def __init__(self, attempt: _Attempt, secrets: Sequence[str | None]) -> None:
-        self.attempt = attempt
-        self.decoder = SSEDecoder()
-        self.assembler = ChunkAssembler()
-        self.queue: collections.deque[ChatChunk] = collections.deque()
-        self.done = False
-        self.error: GatewayError | None = None
-        self.got_first = False
-        self.secrets = secrets
-        self.debug = log.isEnabledFor(logging.DEBUG)
-
-    async def fill(self) -> None:
-        """Read until at least one chunk is queued, the stream ended, or an error is pending.
-
-        Chunks decoded before an in-stream error are delivered first; the error is raised
-        after them (see ``ChatStream.__anext__``).
-        """
-        queue = self.queue
-        while not queue and not self.done:
-            data = await self.attempt.read(not self.got_first, self.secrets)
-            if data:
-                try:
-                    events = self.decoder.feed(data)
-                except GatewayError as exc:
-                    self._fail(exc)
-                    return
-            else:
-                events = self.decoder.close()
-                self.done = True
-            for event in events:
-                try:
-                    payload = parse_chunk(event)
-                except GatewayError as exc:
-                    self._fail(exc)
-                    return
-                if payload is None:
-                    if event.data == DONE:
-                        self.done = True
-                        break
-                    continue
-                queue.append(ChatChunk(payload))
-                if self.debug:
-                    log.debug("chunk %d: %s", self.assembler.chunks, event.data[:200])
-            if queue:
-                self.got_first = True
-
-    def _fail(self, exc: GatewayError) -> None:
-        exc.request_id = exc.request_id or self.assembler.request_id or self.attempt.request_id()
-        exc.model = exc.model or self.attempt.model
-        exc.message = scrub(exc.message, self.secrets)
-        self.error = exc
-        self.done = True
-
-    def load_json(self, body: bytes) -> None:
-        """A stream request answered with plain JSON: queue it as one equivalent chunk."""
-        data = _json_body(body, self.secrets, None)
-        chunk = completion_to_chunk(data)
-        self.queue.append(ChatChunk(chunk))
-        self.got_first = True
-        self.done = True
-
-
-class ChatStream:
-    """An open streamed chat completion. Use only as ``async with gw.stream(body) as s``.
-
-    ``__aenter__`` sends the request (retrying / falling back as configured) and waits for the
-    first chunk; iterating yields :class:`~gateway_client.models.ChatChunk` objects; leaving the
-    block closes the connection unless the stream ended cleanly.
-
-    Attributes: ``status`` (HTTP status), ``request_id``, ``model`` (the model that answered,
-    after any client-side fallback), ``attempts``, ``text_so_far``.
-    """
-
-    def __init__(
-        self, client: GatewayClient, request: ChatRequest, wire: dict[str, Any] | None = None
-    ) -> None:
-        self._client = client
-        self._request = request
-        self._wire = wire
-        self._state: _StreamState | None = None
-        self._raised = False
-        self.attempts = 0
-        self.model: str | None = None
-
-    async def __aenter__(self) -> ChatStream:
-        if self._state is not None:
-            raise RuntimeError("a ChatStream can be entered only once")
-        self._state = await self._client._open_stream(self._request, self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        state = self._state
-        if state is None:
-            return
-        response = state.attempt.response
-        if exc_type is None and state.done and state.error is None:
-            if not response.content.at_eof():
-                try:
-                    await self._drain(state)
-                except BaseException:
-                    response.close()
-                    raise
-            if response.content.at_eof():
-                response.release()
-                return
-        # Early exit, cancellation or failure: drop the socket now (release() would read on).
-        response.close()
-
-    @staticmethod
-    async def _drain(state: _StreamState) -> None:
-        try:
-            async with asyncio.timeout(_DRAIN_WAIT):
-                while await state.attempt.response.content.readany():
-                    pass
-        except (TimeoutError, *_TRANSPORT_ERRORS):
-            pass
-
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __anext__(self) -> ChatChunk:
-        state = self._state
-        if state is None:
-            raise RuntimeError("use 'async with gw.stream(...) as stream' before iterating")
-        queue = state.queue
-        if not queue:
-            await state.fill()
-        if queue:
-            # Assemble as chunks are handed out, so text_so_far and result() describe what
-            # the caller has seen, not what was read ahead.
-            chunk = queue.popleft()
-            state.assembler.add(chunk.raw)
-            return chunk
-        if state.error is not None and not self._raised:
-            self._raised = True
-            raise state.error
-        raise StopAsyncIteration
-
-    @property
-    def status(self) -> int | None:
-        return self._state.attempt.response.status if self._state else None
-
-    @property
-    def request_id(self) -> str | None:
-        if self._state is None:
-            return None
-        return (
-            self._state.attempt.request_id()
-            or self._state.assembler.request_id
-            or (self._state.assembler.id)
-        )
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The response headers (e.g. the gateway's X-RateLimit-*); empty before opening."""
-        return self._state.attempt.response.headers if self._state else {}
-
-    @property
-    def text_so_far(self) -> str:
-        return self._state.assembler.text_of(0) if self._state else ""
-
-    def result(self) -> StreamResult:
-        """The completion assembled from every chunk handed out so far.
-
-        Complete once iteration finished; json-repair (if requested) is applied here.
-        """
-        if self._state is None:
-            raise RuntimeError("the stream was never opened")
-        result = self._state.assembler.result()
-        result.request_id = self.request_id
-        if not result.model:
-            result.model = self.model
-        if self._request.wants_json_repair():
-            repair_stream_result(result)
-        return result
 
 
 class GatewayClient:
@@ -530,7 +166,7 @@ class GatewayClient:
         if self._session is not None and not self._session.closed:
             return
         trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(_on_headers_sent)
+        trace.on_request_headers_sent.append(on_headers_sent)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect),
@@ -599,12 +235,12 @@ class GatewayClient:
         realtime service does this, since validation costs more than the rest of sending.
         """
         if trusted and isinstance(body, Mapping) and "post_processing_steps" not in body:
-            shell = ChatRequest.model_construct(model=body.get("model"), stream=True)
-            return ChatStream(self, shell, wire=dict(body))
+            return ChatStream(functools.partial(self._open_stream, dict(body)))
         request = validate_request(body)
         if request.async_:
             raise InvalidRequestError("invalid request: async: cannot be combined with stream")
-        return ChatStream(self, request)
+        opener = functools.partial(self._open_stream, request)
+        return ChatStream(opener, json_repair=request.wants_json_repair())
 
     async def submit_run(self, body: Mapping[str, Any] | ChatRequest) -> str:
         """Submit ``body`` as an async run (``"async": true``) and return the run id."""
@@ -708,12 +344,12 @@ class GatewayClient:
 
     async def _send(
         self, payload: bytes, model: str, total_deadline: float, attempt_no: int
-    ) -> _Attempt:
+    ) -> Attempt:
         """POST ``payload``; return the attempt once 2xx headers arrived, else raise."""
         session = self._need_session()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        marks = _Marks(self.timeouts.first_token, total_deadline)
+        marks = Marks(self.timeouts.first_token, total_deadline)
         # Until the trace hook says the request is on the wire, allow connect + first_token.
         header_deadline = min(
             started + self.timeouts.connect + self.timeouts.first_token, total_deadline
@@ -735,16 +371,16 @@ class GatewayClient:
                     phase: type[GatewayTimeout] = TotalTimeout
                 else:
                     phase = FirstTokenTimeout if marks.sent else ConnectTimeout
-                err: GatewayError = _timeout(phase, None)
+                err: GatewayError = timeout_error(phase, None)
             else:  # aiohttp's own sock_connect timeout
                 err = ConnectTimeout("connect timed out")
             self._log_attempt(None, model, None, started, attempt_no, err)
             raise err from None
-        except _TRANSPORT_ERRORS as exc:
-            err = _translate(exc, self._secrets)
+        except TRANSPORT_ERRORS as exc:
+            err = translate(exc, self._secrets)
             self._log_attempt(None, model, None, started, attempt_no, err)
             raise err from None
-        attempt = _Attempt(
+        attempt = Attempt(
             response,
             model=model,
             first_deadline=marks.first_deadline,
@@ -755,7 +391,7 @@ class GatewayClient:
         )
         try:
             if response.status >= 300:
-                raise await self._status_error(attempt)
+                raise await status_error(attempt, self._secrets)
         except BaseException as exc:
             response.close()
             self._log_attempt(
@@ -764,28 +400,13 @@ class GatewayClient:
             raise
         return attempt
 
-    def _log_ok(self, attempt: _Attempt, request_id: str | None) -> None:
+    def _log_ok(self, attempt: Attempt, request_id: str | None) -> None:
         self._log_attempt(
             request_id or attempt.request_id(),
             attempt.model,
             attempt.response.status,
             attempt.started,
             attempt.attempt_no,
-        )
-
-    async def _status_error(self, attempt: _Attempt) -> GatewayError:
-        response = attempt.response
-        try:
-            body = await attempt.read_all(_MAX_ERROR_BODY, self._secrets)
-        except GatewayError:
-            body = b""
-        return error_for_status(
-            response.status,
-            body,
-            request_id=attempt.request_id(),
-            retry_after=server_wait_hint(response.headers, time.time()),
-            model=attempt.model,
-            secrets=self._secrets,
         )
 
     def _log_attempt(
@@ -819,7 +440,7 @@ class GatewayClient:
     ) -> dict[str, Any]:
         attempt = await self._send(payload, model, total_deadline, attempt_no)
         try:
-            body = await attempt.read_all(_MAX_JSON_BODY, self._secrets)
+            body = await attempt.read_all(MAX_JSON_BODY, self._secrets)
         except BaseException:
             attempt.response.close()
             raise
@@ -843,43 +464,48 @@ class GatewayClient:
         try:
             if content_type.startswith("text/event-stream"):
                 # The server streamed although we asked it not to: assemble the stream.
-                state = _StreamState(attempt, self._secrets)
+                state = StreamState(attempt, self._secrets)
                 while not state.done:
                     await state.fill()
                     state.queue.clear()
                 if state.error is not None:
                     raise state.error
-                streamed = _completion_from_stream(state.assembler.result(), attempt.request_id())
+                streamed = completion_from_stream(state.assembler.result(), attempt.request_id())
                 attempt.response.close()
                 self._log_ok(attempt, streamed.request_id)
                 return streamed
-            body = await attempt.read_all(_MAX_JSON_BODY, self._secrets)
+            body = await attempt.read_all(MAX_JSON_BODY, self._secrets)
         except BaseException:
             attempt.response.close()
             raise
         attempt.response.release()
-        data = _json_body(body, self._secrets, attempt.request_id())
+        data = json_body(body, self._secrets, attempt.request_id())
         completion = ChatCompletion.model_validate(data)
         if not completion.request_id:
             completion.request_id = attempt.request_id()
         self._log_ok(attempt, completion.request_id)
         return completion
 
-    async def _open_stream(self, request: ChatRequest, stream: ChatStream) -> _StreamState:
-        """Open the stream and read up to its first chunk (retries allowed until then)."""
-        wire = stream._wire if stream._wire is not None else request_dict(request)
+    async def _open_stream(
+        self, body: dict[str, Any] | ChatRequest, stream: ChatStream
+    ) -> StreamState:
+        """Open the stream and read up to its first chunk (retries allowed until then).
+
+        ``body`` is a validated request, or a trusted dict sent as given (see :meth:`stream`).
+        """
+        wire = body if isinstance(body, dict) else request_dict(body)
         wire["stream"] = True
 
         async def attempt_fn(
             payload: bytes, model: str, total_deadline: float, attempt_no: int
-        ) -> _StreamState:
+        ) -> StreamState:
             stream.attempts = attempt_no
             attempt = await self._send(payload, model, total_deadline, attempt_no)
-            state = _StreamState(attempt, self._secrets)
+            state = StreamState(attempt, self._secrets)
             try:
                 content_type = attempt.response.headers.get("Content-Type", "")
                 if content_type.startswith("application/json"):
-                    state.load_json(await attempt.read_all(_MAX_JSON_BODY, self._secrets))
+                    state.load_json(await attempt.read_all(MAX_JSON_BODY, self._secrets))
                 else:
                     await state.fill()
                     if not state.queue and state.error is not None:
@@ -907,8 +533,8 @@ class GatewayClient:
                     headers = response.headers
         except TimeoutError:
             raise TotalTimeout("polling the run exceeded its deadline") from None
-        except _TRANSPORT_ERRORS as exc:
-            raise _translate(exc, self._secrets) from None
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, self._secrets) from None
         if status >= 300:
             raise error_for_status(
                 status,
@@ -925,27 +551,3 @@ class GatewayClient:
             raise ProtocolError("run status is not a JSON object")
         return data
 
-
-def _completion_from_stream(result: StreamResult, request_id: str | None) -> ChatCompletion:
-    """Build a ChatCompletion envelope from an assembled stream."""
-    choices = []
-    for choice in result.choices:
-        message: dict[str, Any] = {"role": choice.role, "content": choice.text or None}
-        if choice.tool_calls:
-            message["tool_calls"] = [tc.to_dict() for tc in choice.tool_calls]
-        if choice.refusal is not None:
-            message["refusal"] = choice.refusal
-        if choice.reasoning is not None:
-            message["reasoning"] = choice.reasoning
-        choices.append(
-            {"index": choice.index, "message": message, "finish_reason": choice.finish_reason}
-        )
-    return ChatCompletion.model_validate(
-        {
-            "request_id": result.request_id or request_id,
-            "id": result.id,
-            "model": result.model,
-            "choices": choices,
-            "usage": result.usage,
-        }
-    )
