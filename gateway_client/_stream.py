@@ -126,7 +126,12 @@ class ChatStream:
     block closes the connection unless the stream ended cleanly.
 
     Attributes: ``status`` (HTTP status), ``request_id``, ``model`` (the model that answered,
-    after any client-side fallback), ``attempts``, ``text_so_far``.
+    after any client-side fallback; None until one did), ``attempts`` (HTTP attempts made),
+    ``text_so_far``, and ``failed_attempts``: ``(model, error)`` for every HTTP attempt that
+    ended in a :class:`~gateway_client.errors.GatewayError`, in order -- the retries and
+    fallbacks before the first chunk, and the serving attempt itself if it fails mid-stream.
+    Whenever the stream raised a ``GatewayError``, that error is the last entry; a stream
+    that succeeded after failures still lists them.
 
     Built by :meth:`GatewayClient.stream() <gateway_client.client.GatewayClient.stream>`:
     ``opener(stream)`` is the client's coroutine that sends the request (with its retries and
@@ -140,6 +145,7 @@ class ChatStream:
         self._raised = False
         self.attempts = 0
         self.model: str | None = None
+        self.failed_attempts: list[tuple[str, GatewayError]] = []
 
     async def __aenter__(self) -> ChatStream:
         if self._state is not None:
@@ -188,7 +194,11 @@ class ChatStream:
             raise RuntimeError("use 'async with gw.stream(...) as stream' before iterating")
         queue = state.queue
         if not queue:
-            await state.fill()
+            try:
+                await state.fill()
+            except GatewayError as exc:  # a read deadline or a lost connection
+                self._record_failure(state, exc)
+                raise
         if queue:
             # Assemble as chunks are handed out, so text_so_far and result() describe what
             # the caller has seen, not what was read ahead.
@@ -197,8 +207,14 @@ class ChatStream:
             return chunk
         if state.error is not None and not self._raised:
             self._raised = True
+            self._record_failure(state, state.error)
             raise state.error
         raise StopAsyncIteration
+
+    def _record_failure(self, state: StreamState, exc: GatewayError) -> None:
+        """The serving attempt failed after its first chunk: no retry, but it is counted."""
+        exc.attempts = exc.attempts or self.attempts
+        self.failed_attempts.append((state.attempt.model, exc))
 
     @property
     def status(self) -> int | None:

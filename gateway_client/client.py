@@ -14,9 +14,10 @@ is :mod:`gateway_client._stream`. The contract of this module:
   own :class:`~gateway_client.errors.GatewayTimeout` subclass.
 * **Retries** only before the first chunk reached the caller: ``stream()`` opens the request
   *and* reads the first chunk inside ``__aenter__``; once ``__aenter__`` returned, a failure is
-  raised, never replayed. ``fallback_models`` are tried in order, each with its own retries,
-  when the primary fails before its first chunk (auth errors, local validation errors and the
-  total deadline end the call instead).
+  raised, never replayed. ``fallback_models`` (the call's, else the client's) are tried in
+  order, each with its own retries, when the body's model fails before its first chunk; the
+  last error is raised when all fail (auth errors, local validation errors and the total
+  deadline end the call instead). That loop is :meth:`GatewayClient._call`, the only one.
 * **Cancellation**: leaving ``async with gw.stream(...)`` early, or cancelling the task inside
   it, calls ``response.close()`` -- the socket is closed at once, so the gateway sees the
   client leave. ``CancelledError`` always propagates.
@@ -148,7 +149,7 @@ class GatewayClient:
             total=total_timeout if total_timeout is not None else base.total,
         )
         self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
-        self.fallback_models = tuple(fallback_models)
+        self.fallback_models = _model_ids(fallback_models)
         self._auth_scheme = auth_scheme
         self._rand = rand
         self._max_connections = max_connections
@@ -211,44 +212,78 @@ class GatewayClient:
 
     # ------------------------------------------------------------------ public calls
 
-    async def complete(self, body: Mapping[str, Any] | ChatRequest) -> ChatCompletion:
+    async def complete(
+        self, body: Mapping[str, Any] | ChatRequest, *, fallback_models: Sequence[str] = ()
+    ) -> ChatCompletion:
         """Send a non-streamed chat completion and return the parsed envelope.
 
-        A body with ``"async": true`` is submitted as a run and awaited with :meth:`wait_run`.
+        ``fallback_models``: models to try in order, each with its own retries, when the
+        body's model fails (see :meth:`stream`); the completion's ``model`` says which one
+        answered. A body with ``"async": true`` is submitted as a run and awaited with
+        :meth:`wait_run`.
         """
+        fallbacks = _model_ids(fallback_models)
         request = validate_request(body)
         if request.async_:
-            return await self.wait_run(await self.submit_run(request))
+            run_id = await self.submit_run(request, fallback_models=fallbacks)
+            return await self.wait_run(run_id)
         wire = request_dict(request)
         if wire.get("stream"):
             wire["stream"] = False
-        completion = await self._call(wire, self._complete_attempt)
+        completion = await self._call(wire, self._complete_attempt, fallbacks)
         if request.wants_json_repair():
             repair_completion(completion)
         return completion
 
-    def stream(self, body: Mapping[str, Any] | ChatRequest, *, trusted: bool = False) -> ChatStream:
+    def stream(
+        self,
+        body: Mapping[str, Any] | ChatRequest,
+        *,
+        trusted: bool = False,
+        fallback_models: Sequence[str] = (),
+    ) -> ChatStream:
         """Return a streamed completion; use it as ``async with gw.stream(body) as s``.
 
         Validation happens here, before any network call. ``trusted=True`` skips it for a
         plain dict the caller built from already-validated parts (it is sent as given): the
         realtime service does this, since validation costs more than the rest of sending.
+
+        ``fallback_models`` (this call's; when empty, the client's): when the body's model
+        fails with a :class:`GatewayError` before the first chunk reached the caller --
+        opening fails, a non-2xx status, or the stream errors before its first chunk -- and
+        its retries are exhausted, the same body is sent with the next model in order (the
+        body's own ``fallbacks`` left out). Once ``__aenter__`` returned, errors propagate and
+        nothing is replayed. If every model fails, the last error is raised. ``s.model`` is
+        the model that served; ``s.failed_attempts`` lists ``(model, error)`` per failed
+        attempt, so hold the object to read it after a failure::
+
+            s = gw.stream(body, fallback_models=("gpt-5",))
+            async with s as stream: ...
+            s.model, s.failed_attempts
         """
+        fallbacks = _model_ids(fallback_models)
         if trusted and isinstance(body, Mapping) and "post_processing_steps" not in body:
-            return ChatStream(functools.partial(self._open_stream, dict(body)))
+            return ChatStream(functools.partial(self._open_stream, dict(body), fallbacks))
         request = validate_request(body)
         if request.async_:
             raise InvalidRequestError("invalid request: async: cannot be combined with stream")
-        opener = functools.partial(self._open_stream, request)
+        opener = functools.partial(self._open_stream, request, fallbacks)
         return ChatStream(opener, json_repair=request.wants_json_repair())
 
-    async def submit_run(self, body: Mapping[str, Any] | ChatRequest) -> str:
-        """Submit ``body`` as an async run (``"async": true``) and return the run id."""
+    async def submit_run(
+        self, body: Mapping[str, Any] | ChatRequest, *, fallback_models: Sequence[str] = ()
+    ) -> str:
+        """Submit ``body`` as an async run (``"async": true``) and return the run id.
+
+        ``fallback_models`` apply to the submission only; a run that fails later is not
+        resubmitted.
+        """
+        fallbacks = _model_ids(fallback_models)
         request = validate_request(body)
         wire = request_dict(request)
         wire["async"] = True
         wire.pop("stream", None)
-        data = await self._call(wire, self._json_attempt)
+        data = await self._call(wire, self._json_attempt, fallbacks)
         for key in ("id", "run_id", "uid", "request_id"):
             value = data.get(key)
             if isinstance(value, str) and value:
@@ -297,21 +332,36 @@ class GatewayClient:
         self,
         wire: dict[str, Any],
         attempt_fn: Callable[[bytes, str, float, int], Awaitable[T]],
+        fallback_models: Sequence[str] = (),
+        failed: list[tuple[str, GatewayError]] | None = None,
     ) -> T:
-        """Run ``attempt_fn`` for the primary model, then each fallback model, with retries.
+        """The one retry-and-fallback loop: the body's model, then each fallback model.
 
         ``attempt_fn(payload, model, total_deadline, attempt_number)`` performs one HTTP
-        exchange. Retry and fallback decisions come from :mod:`gateway_client.retry`.
+        exchange and returns only once nothing can be replayed to the caller any more (for a
+        stream: its first chunk is queued), so whatever it raises may be retried.
+
+        The models are ``wire["model"]``, then ``fallback_models`` (else the client's), each
+        once. A model gets its retries (:func:`~gateway_client.retry.should_retry`); when they
+        are spent, or the next wait would cross the total deadline, the next model gets the
+        same body with ``model`` replaced and the gateway's own ``fallbacks`` removed (they
+        were the primary's). Authentication errors, local validation errors and the total
+        deadline end the call at once. Every failed attempt is appended to ``failed`` as
+        ``(model, error)``; when all models failed, the last error is raised.
         """
         self._need_session()
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + self.timeouts.total
         primary = str(wire["model"])
-        models = [primary, *(m for m in self.fallback_models if m != primary)]
+        models = list(dict.fromkeys([primary, *(fallback_models or self.fallback_models)]))
         attempts = 0
         last: GatewayError | None = None
         for model in models:
-            payload = orjson.dumps(wire if model == primary else {**wire, "model": model})
+            if model == primary:
+                payload = orjson.dumps(wire)
+            else:
+                fallback = {k: v for k, v in wire.items() if k != "fallbacks"}
+                payload = orjson.dumps(fallback | {"model": model})
             retry_no = 0
             while True:
                 attempts += 1
@@ -321,13 +371,15 @@ class GatewayClient:
                     exc.attempts = attempts
                     exc.model = exc.model or model
                     last = exc
+                    if failed is not None:
+                        failed.append((model, exc))
                     if isinstance(exc, AuthenticationError | InvalidRequestError | TotalTimeout):
                         raise
                     if not should_retry(exc, retry_no, self.retry_policy):
                         break
                     delay = retry_delay(retry_no, self.retry_policy, self._rand, exc.retry_after)
                     if loop.time() + delay >= total_deadline:
-                        raise
+                        break  # no time to wait for this model; the next one may answer now
                     log.info(
                         "gateway retry model=%s attempt=%d in %.2fs after: %s",
                         model,
@@ -487,9 +539,12 @@ class GatewayClient:
         return completion
 
     async def _open_stream(
-        self, body: dict[str, Any] | ChatRequest, stream: ChatStream
+        self,
+        body: dict[str, Any] | ChatRequest,
+        fallback_models: Sequence[str],
+        stream: ChatStream,
     ) -> StreamState:
-        """Open the stream and read up to its first chunk (retries allowed until then).
+        """Open the stream and read up to its first chunk (retries and fallbacks until then).
 
         ``body`` is a validated request, or a trusted dict sent as given (see :meth:`stream`).
         """
@@ -518,7 +573,7 @@ class GatewayClient:
             self._log_ok(attempt, first if isinstance(first, str) else None)
             return state
 
-        return await self._call(wire, attempt_fn)
+        return await self._call(wire, attempt_fn, fallback_models, stream.failed_attempts)
 
     async def _get_json(
         self, session: aiohttp.ClientSession, url: str, deadline: float
@@ -551,3 +606,9 @@ class GatewayClient:
             raise ProtocolError("run status is not a JSON object")
         return data
 
+
+def _model_ids(models: Sequence[str]) -> tuple[str, ...]:
+    """``fallback_models`` as a tuple; a bare string is refused (it would be read per letter)."""
+    if isinstance(models, str):
+        raise TypeError("fallback_models must be a sequence of model ids, not one string")
+    return tuple(models)

@@ -29,6 +29,7 @@ from gateway_client import (
     InvalidRequestError,
     ProtocolError,
     RetryPolicy,
+    ServerError,
     StreamError,
     TotalTimeout,
 )
@@ -53,6 +54,9 @@ async def emu() -> AsyncIterator[GatewayEmulator]:
     await emulator.start()
     try:
         yield emulator
+        # Every upstream request the client opened was closed: no handler is left running.
+        await emulator.wait_idle(timeout=5.0)
+        assert emulator.open_requests == 0
     finally:
         await emulator.stop()
 
@@ -183,6 +187,110 @@ async def test_fallback_models_used_when_primary_fails(emu: GatewayEmulator) -> 
         ("no-such-model-xyz", 400),
         ("gpt-4.1", 200),
     ]
+
+
+def model_down(emu: GatewayEmulator, model: str, kind: str = "status", **fault: Any) -> None:
+    """Make every request for ``model`` fail (the emulator's own retry does not wait)."""
+    emu.server_retry_delay = 0.0
+    emu.faults.append(Fault(kind, model=model, times=10_000, **fault))  # type: ignore[arg-type]
+
+
+async def test_per_call_fallback_serves_when_the_primary_answers_503(
+    emu: GatewayEmulator,
+) -> None:
+    model_down(emu, "gpt-4.1", status=503)
+    # The call's fallback_models replace the client's (never tried here).
+    gw_client = client(emu, retry_policy=fast_retries(1), fallback_models=("gpt-5.2",))
+    async with asyncio.timeout(GUARD), gw_client as gw:
+        # The gateway's own fallback (to the same dead model) goes with the primary only.
+        request = body("fall back please", fallbacks=[{"model": "gpt-4.1"}])
+        s = gw.stream(request, fallback_models=("gpt-5",))
+        async with s as stream:
+            text = "".join([c.text async for c in stream])
+        completion = await gw.complete(body("complete too"), fallback_models=("gpt-5",))
+    assert "fall back please" in text and "complete too" in completion.text
+    assert s.model == "gpt-5" and completion.model == "gpt-5" and s.attempts == 3
+    assert [(m, type(e), e.status) for m, e in s.failed_attempts] == [
+        ("gpt-4.1", ServerError, 503),
+        ("gpt-4.1", ServerError, 503),
+    ]
+    assert [(r.model, r.status) for r in emu.requests] == [
+        ("gpt-4.1", 503),
+        ("gpt-4.1", 503),
+        ("gpt-5", 200),
+    ] * 2
+    first, _, fallback = emu.requests[:3]
+    assert first.body["fallbacks"] == [{"model": "gpt-4.1"}] and "fallbacks" not in fallback.body
+    assert fallback.body["messages"] == first.body["messages"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("error_chunk", StreamError), ("drop", ConnectionLost)]
+)
+async def test_per_call_fallback_when_the_stream_fails_before_its_first_chunk(
+    emu: GatewayEmulator, kind: str, error: type[GatewayError]
+) -> None:
+    model_down(emu, "gpt-4.1", kind, after_chunks=0)
+    async with asyncio.timeout(GUARD), client(emu, retry_policy=fast_retries(1)) as gw:
+        s = gw.stream(body("second model"), fallback_models=("gpt-5",))
+        async with s as stream:
+            text = "".join([c.text async for c in stream])
+    assert "second model" in text and s.model == "gpt-5"
+    assert [m for m, _ in s.failed_attempts] == ["gpt-4.1", "gpt-4.1"]
+    assert all(isinstance(e, error) for _, e in s.failed_attempts)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("error_chunk", StreamError), ("drop", ConnectionLost)]
+)
+async def test_no_fallback_once_a_chunk_was_handed_out(
+    emu: GatewayEmulator, kind: str, error: type[GatewayError]
+) -> None:
+    emu.faults.append(Fault(kind, after_chunks=3))  # type: ignore[arg-type]
+    got = 0
+    async with asyncio.timeout(GUARD), client(emu) as gw:
+        s = gw.stream(body("one two three four five"), fallback_models=("gpt-5",))
+        with pytest.raises(error) as info:
+            async with s as stream:
+                async for _ in stream:
+                    got += 1
+    assert got == 3 and [r.model for r in emu.requests] == ["gpt-4.1"]
+    assert s.model == "gpt-4.1"
+    assert s.failed_attempts == [("gpt-4.1", info.value)] and info.value.attempts == 1
+
+
+async def test_every_model_failing_raises_the_last_error(emu: GatewayEmulator) -> None:
+    model_down(emu, "gpt-4.1", status=503)
+    model_down(emu, "gpt-5", status=500)
+    async with asyncio.timeout(GUARD), client(emu, retry_policy=fast_retries(1)) as gw:
+        s = gw.stream(body(), fallback_models=("gpt-5", "no-such-model-xyz"))
+        with pytest.raises(BadRequestError) as info:
+            async with s:
+                pass
+        with pytest.raises(BadRequestError):
+            await gw.complete(body(), fallback_models=["gpt-5", "gpt-4.1", "no-such-model-xyz"])
+        with pytest.raises(TypeError):
+            gw.stream(body(), fallback_models="gpt-5")
+    assert "no-such-model-xyz" in str(info.value) and info.value.attempts == 5
+    assert s.model is None and s.failed_attempts[-1] == ("no-such-model-xyz", info.value)
+    assert [(m, e.status) for m, e in s.failed_attempts] == [
+        ("gpt-4.1", 503),
+        ("gpt-4.1", 503),
+        ("gpt-5", 500),
+        ("gpt-5", 500),
+        ("no-such-model-xyz", 400),
+    ]
+    # Each model once, in order: the duplicate of the primary is not tried again.
+    assert [r.model for r in emu.requests[5:]] == [r.model for r in emu.requests[:5]]
+
+
+async def test_a_clean_stream_has_no_failed_attempts(emu: GatewayEmulator) -> None:
+    async with asyncio.timeout(GUARD), client(emu) as gw:
+        s = gw.stream(body("fine"), fallback_models=("gpt-5",))
+        async with s as stream:
+            async for _ in stream:
+                pass
+    assert s.failed_attempts == [] and s.model == "gpt-4.1" and s.attempts == 1
 
 
 async def test_gateway_fallback_fields_pass_through(emu: GatewayEmulator) -> None:
