@@ -158,6 +158,7 @@ class SttEmulator:
         self._closed: asyncio.Queue[SessionRecord] = asyncio.Queue()
         self._fail: tuple[int, str] | None = None
         self._server: Server | None = None
+        self._open_sessions = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -195,6 +196,11 @@ class SttEmulator:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def open_sessions(self) -> int:
+        """WebSocket sessions whose handler is still running (0 once every client left)."""
+        return self._open_sessions
 
     def fail_next(self, code: int, message: str) -> None:
         """Make the next session send `Error(code, message)` and close `code` right after Begin."""
@@ -267,6 +273,13 @@ class SttEmulator:
     # --- one WebSocket session -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        self._open_sessions += 1
+        try:
+            await self._serve_session(ws)
+        finally:
+            self._open_sessions -= 1
+
+    async def _serve_session(self, ws: ServerConnection) -> None:
         rec = SessionRecord(id=str(uuid.uuid4()))
         self.sessions.append(rec)
         if len(self.sessions) > MAX_SESSIONS_KEPT:
