@@ -6,6 +6,12 @@ applies; unknown fields are ignored; an invalid value raises `ConfigError` namin
 and leaves the old config untouched (a `SessionConfig` is immutable, `update` returns a new
 one). `SessionConfig` is a frozen slotted dataclass: the session reads it on every turn, so it
 must be cheap to read, and it is never built on a per-token path.
+
+Every value is bounded, because a patch is hostile input: a JSON-valued field (`tools`,
+`tool_choice`, `response_format`, `fallbacks`, `metadata`) is at most `MAX_JSON_DEPTH` levels
+deep and `MAX_JSON_BYTES` long as JSON; `instructions` and `prompt` are at most
+`MAX_INSTRUCTIONS_CHARS` and `MAX_PROMPT_CHARS` characters, and each placeholder appears at
+most once in `prompt`, so a request rendered from the config stays bounded (context.py).
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import orjson
+
 __all__ = [
     "FORMATS",
+    "MAX_INSTRUCTIONS_CHARS",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_PROMPT_CHARS",
     "ON_NEW_TURN",
+    "PLACEHOLDERS",
     "PRESETS",
     "TRIGGERS",
     "ConfigError",
@@ -31,6 +44,13 @@ FORMATS = ("json_schema", "json_object", "text")
 TOOL_CHOICES = ("none", "auto", "required")
 MAX_FALLBACKS = 5
 MAX_MODEL_CHARS = 256
+MAX_JSON_DEPTH = 32  # nested arrays/objects in one JSON-valued field; `[]` is 1 level
+MAX_JSON_BYTES = 65_536  # one JSON-valued field, as orjson serializes it
+MAX_INSTRUCTIONS_CHARS = 32_768
+MAX_PROMPT_CHARS = 32_768
+PLACEHOLDERS = ("{{turn}}", "{{history}}")
+# orjson serializes integers from -2**63 to 2**64 - 1 and refuses the rest.
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
 
 SUMMARY_PROMPT = (
     "Below is the transcript of a live conversation so far, one line per speaker turn, "
@@ -72,6 +92,7 @@ class SessionConfig:
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the client's own data: echoed, never sent upstream
     interrupt_min_words: int = 1
     max_inflight: int = 4
     format_wait_ms: int = 300
@@ -95,18 +116,17 @@ class SessionConfig:
     def update(self, patch: Mapping[str, object]) -> SessionConfig:
         """Return a new config with `patch` applied; raise `ConfigError` on any invalid value.
 
-        Atomic: either every field of the patch applies or none does (self never changes).
+        Atomic: either every field of the patch applies or none does (self never changes):
+        the whole new config is validated and built before it is returned. Whatever the
+        input, the only exception raised is `ConfigError`.
         """
-        changes: dict[str, object] = {}
-        if "preset" in patch:
-            preset = _enum("preset", patch["preset"], tuple(PRESETS))
-            changes["preset"] = preset
-            changes.update(PRESETS[preset])
-        for name, value in patch.items():
-            check = _VALIDATORS.get(name)
-            if check is not None and name != "preset":
-                changes[name] = check(name, value)
-        return replace(self, **changes) if changes else self  # type: ignore[arg-type]
+        try:
+            changes = _changes(patch)
+            return replace(self, **changes) if changes else self  # type: ignore[arg-type]
+        except ConfigError:
+            raise
+        except Exception as exc:  # a validator's bug on hostile input is still bad input
+            raise ConfigError(f"session: invalid config ({type(exc).__name__})") from exc
 
     def to_wire(self) -> dict[str, object]:
         """The whole effective config as JSON-able data (for session.created/updated)."""
@@ -129,6 +149,29 @@ class SessionConfig:
         }
         body.update({k: copy.deepcopy(v) for k, v in optional.items() if v is not None})
         return body
+
+
+def _changes(patch: Mapping[str, object]) -> dict[str, object]:
+    """The validated field values of `patch`, the preset's first (see the module docstring)."""
+    changes: dict[str, object] = {}
+    if "preset" in patch:
+        preset = _enum("preset", patch["preset"], tuple(PRESETS))
+        changes["preset"] = preset
+        changes.update(PRESETS[preset])
+    for name, value in patch.items():
+        if name in _VALIDATORS and name != "preset":
+            changes[name] = _validate(name, value)
+    return changes
+
+
+def _validate(name: str, value: object) -> object:
+    """Run the field's validator; any exception but ConfigError becomes one naming the field."""
+    try:
+        return _VALIDATORS[name](name, value)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{name}: invalid value ({type(exc).__name__})") from exc
 
 
 # ---- validators: (field name, raw JSON value) -> normalised value, or ConfigError ----------
@@ -161,16 +204,28 @@ def _enum_of(allowed: tuple[str, ...]) -> Callable[[str, object], object]:
     return lambda name, value: _enum(name, value, allowed)
 
 
+def _unicode(name: str, value: str) -> str:
+    """`value`, if it can be sent as JSON (a lone surrogate cannot: orjson refuses it)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name}: must be valid Unicode text") from None
+    return value
+
+
 def _model(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL_CHARS:
         raise ConfigError(f"{name}: must be a non-empty string (at most {MAX_MODEL_CHARS} chars)")
-    return value
+    return _unicode(name, value)
 
 
 def _instructions(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: must be a string")
-    return value
+    if len(value) > MAX_INSTRUCTIONS_CHARS:
+        raise ConfigError(f"{name}: must be at most {MAX_INSTRUCTIONS_CHARS} characters")
+    return _unicode(name, value)
 
 
 def _prompt(name: str, value: object) -> str | None:
@@ -178,21 +233,84 @@ def _prompt(name: str, value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{name}: must be a string or null")
-    if "{{turn}}" not in value and "{{history}}" not in value:
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ConfigError(f"{name}: must be at most {MAX_PROMPT_CHARS} characters")
+    counts = [value.count(p) for p in PLACEHOLDERS]
+    if not any(counts):
         raise ConfigError(f"{name}: a template must contain {{{{turn}}}} or {{{{history}}}}")
-    return value
+    for placeholder, count in zip(PLACEHOLDERS, counts, strict=True):
+        # Each copy would repeat the turn or the history: one request could grow without bound.
+        if count > 1:
+            raise ConfigError(f"{name}: {placeholder} may appear at most once")
+    return _unicode(name, value)
 
 
 def _temperature(name: str, value: object) -> float | None:
     if value is None:
         return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0 <= value <= 2:  # type: ignore[arg-type,operator]
+    # The range test comes first: NaN fails it, and a huge int never reaches float().
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
         raise ConfigError(f"{name}: must be null or a number from 0 to 2")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
+
+
+def _check_json(name: str, value: object) -> None:
+    """Refuse `value` unless it is plain JSON data within the depth and size bounds.
+
+    Iterative, with an explicit stack: a value nested far deeper than Python's recursion limit
+    is refused here, before anything recursive (copy.deepcopy, orjson) sees it. It sums a
+    lower bound of the serialized size as it walks and stops past the bound, so the walk is
+    bounded too (even over a cyclic or shared structure built in Python).
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    size = 0  # bytes of compact JSON so far, a lower bound (escapes and UTF-8 only add)
+    while stack:
+        item, depth = stack.pop()
+        children: list[Any] = []
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ConfigError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels")
+            size += 1 + max(len(item), 1)  # the brackets and the commas
+            if isinstance(item, dict):
+                for key in item:
+                    if not isinstance(key, str):
+                        raise ConfigError(f"{name}: object keys must be strings")
+                    size += len(key) + 3  # "key":
+                children = list(item.values())
+            else:
+                children = item
+        elif isinstance(item, str):
+            size += len(item) + 2
+        elif item is None or isinstance(item, bool):
+            size += 4
+        elif isinstance(item, int):
+            if not _JSON_INT_MIN <= item <= _JSON_INT_MAX:
+                raise ConfigError(f"{name}: integer out of the 64-bit range")
+            size += 1
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ConfigError(f"{name}: numbers must be finite")
+            size += 1
+        else:
+            raise ConfigError(f"{name}: must be JSON data, not {type(item).__name__}")
+        if size > MAX_JSON_BYTES:
+            raise ConfigError(f"{name}: larger than {MAX_JSON_BYTES} bytes as JSON")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _json_copy(name: str, value: Any) -> Any:
+    """A private copy of checked JSON data, after the exact size test (orjson's own length)."""
+    try:
+        data = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise ConfigError(f"{name}: must be valid Unicode text") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(f"{name}: larger than {MAX_JSON_BYTES} bytes as JSON")
+    return orjson.loads(data)
 
 
 def _fallbacks(name: str, value: object) -> list[dict[str, Any]]:
+    _check_json(name, value)
     if not isinstance(value, list):
         raise ConfigError(f"{name}: must be a list of objects with a string 'model'")
     if len(value) > MAX_FALLBACKS:
@@ -207,32 +325,49 @@ def _fallbacks(name: str, value: object) -> list[dict[str, Any]]:
             or not item["model"]
         ):
             raise ConfigError(f"{name}[{i}]: must be an object with a non-empty string 'model'")
-        out.append(copy.deepcopy(item))
-    return out
+        out.append(item)
+    copied: list[dict[str, Any]] = _json_copy(name, out)
+    return copied
 
 
 def _response_format(name: str, value: object) -> dict[str, Any] | None:
     if value is None:
         return None
+    _check_json(name, value)
     if not isinstance(value, dict) or value.get("type") not in FORMATS:
         raise ConfigError(f"{name}: must be null or an object with 'type' in {', '.join(FORMATS)}")
-    return copy.deepcopy(value)
+    copied: dict[str, Any] = _json_copy(name, value)
+    return copied
 
 
 def _tools(name: str, value: object) -> list[dict[str, Any]] | None:
     if value is None:
         return None
+    _check_json(name, value)
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise ConfigError(f"{name}: must be null or a list of objects")
-    return copy.deepcopy(value)
+    copied: list[dict[str, Any]] = _json_copy(name, value)
+    return copied
 
 
 def _tool_choice(name: str, value: object) -> str | dict[str, Any] | None:
     if value is None or (isinstance(value, str) and value in TOOL_CHOICES):
         return value
     if isinstance(value, dict):
-        return copy.deepcopy(value)
+        _check_json(name, value)
+        copied: dict[str, Any] = _json_copy(name, value)
+        return copied
     raise ConfigError(f"{name}: must be null, {', '.join(TOOL_CHOICES)} or an object")
+
+
+def _metadata(name: str, value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: must be null or an object")
+    _check_json(name, value)
+    copied: dict[str, Any] = _json_copy(name, value)
+    return copied
 
 
 _VALIDATORS: dict[str, Callable[[str, object], object]] = {
@@ -250,6 +385,7 @@ _VALIDATORS: dict[str, Callable[[str, object], object]] = {
     "response_format": _response_format,
     "tools": _tools,
     "tool_choice": _tool_choice,
+    "metadata": _metadata,
     "interrupt_min_words": _int_range(1, 50),
     "max_inflight": _int_range(1, 32),
     "format_wait_ms": _int_range(0, 5000),

@@ -160,7 +160,9 @@ class Conversation:
         the recorded text is used (KeyError if there is none). Only entries of older turns
         form the history. The estimated total stays within `cfg.max_context_tokens` and the
         turns within `cfg.max_context_turns`, except that the current turn is always sent,
-        even alone over budget.
+        even alone over budget. In characters, the request is at most the instructions, the
+        prompt, twice the turn's text (with a template that has both placeholders) and the
+        history budget (`max_context_tokens` times at most 8 characters per token).
         """
         text = self._current_text(turn_order, current_text)
         messages: list[dict[str, object]] = []
@@ -217,15 +219,24 @@ class Conversation:
         self, template: str, turn_order: int, text: str, budget: int, max_turns: int
     ) -> str:
         """Fill the prompt template in one pass (a turn's text that happens to contain a
-        placeholder is not expanded again)."""
+        placeholder is not expanded again).
+
+        Each placeholder is filled once: config.py refuses a prompt that repeats one, and a
+        repeat in a config built without validation is dropped. So the content is at most the
+        template, plus the turn's text, plus the history window (which ends with the turn's
+        text again): a long turn or prompt can never be multiplied.
+        """
         history = ""
-        copies = template.count("{{history}}")
-        if copies:
-            fixed = _PLACEHOLDER.sub("", template) + text * template.count("{{turn}}")
-            room = (budget - self._cost(fixed)) // copies
+        if "{{history}}" in template:
+            fixed = _PLACEHOLDER.sub("", template) + (text if "{{turn}}" in template else "")
+            room = budget - self._cost(fixed)
             history = "\n".join(self._transcript(turn_order, text, room, max_turns))
         values = {"turn": text, "history": history}
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+        def fill(match: re.Match[str]) -> str:
+            return values.pop(match.group(1), "")  # the first copy only
+
+        return _PLACEHOLDER.sub(fill, template)
 
     def _transcript(self, turn_order: int, text: str, budget: int, max_turns: int) -> list[str]:
         """User turns up to the current one, one line each, oldest first, within `budget`

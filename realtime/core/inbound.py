@@ -6,16 +6,34 @@ with the documented error code (PROTOCOL.md "Errors"): `invalid_json`, `unknown_
 
 Turn frames are on the latency path, so they are read from the orjson dict directly into a
 slotted dataclass, without a pydantic model.
+
+Any input, however hostile, gives a message or a `ProtocolError`, never another exception:
+a frame nested deeper than `MAX_FRAME_DEPTH` is refused as `invalid_json` before orjson sees
+it (orjson before 3.9.15 has no recursion limit and overflows the C stack on deep input, taking
+the process with it: CVE-2024-27454), and every integer field is checked against its range
+(0..2^53-1, the integers every JSON peer can represent exactly).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import orjson
 
 from realtime.core.turns import TurnEvent
+
+MAX_FRAME_DEPTH = 1024  # nested arrays/objects in one frame; orjson >= 3.9.15 has the same bound
+MAX_SAFE_INT = 2**53 - 1  # the largest integer a JSON peer (an IEEE double) holds exactly
+
+# A JSON string literal, escapes included (the unrolled-loop form: linear, no backtracking).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
 
 
 class ProtocolError(Exception):
@@ -134,10 +152,18 @@ def _json_type(value: object) -> str:
     return "null"
 
 
+def _count(obj: dict[str, Any], name: str, required: bool) -> Any:
+    """An integer field from 0 to 2^53-1 (None if absent and not required)."""
+    value = _field(obj, name, int, required)
+    if value is not None and not 0 <= value <= MAX_SAFE_INT:
+        raise ProtocolError(
+            "invalid_event", f"{obj['type']}: field '{name}' must be from 0 to 2^53-1"
+        )
+    return value
+
+
 def _turn(obj: dict[str, Any]) -> TurnMessage:
-    turn_order = _field(obj, "turn_order", int, True)
-    if turn_order < 0:
-        raise ProtocolError("invalid_event", "Turn: field 'turn_order' must be >= 0")
+    turn_order = _count(obj, "turn_order", True)
     transcript = _field(obj, "transcript", str, True)
     end_of_turn = _field(obj, "end_of_turn", bool, False) or False
     formatted = _field(obj, "turn_is_formatted", bool, False) or False
@@ -156,11 +182,33 @@ def _turn(obj: dict[str, Any]) -> TurnMessage:
     )
 
 
+def _too_deep(data: str | bytes) -> bool:
+    """True if the frame nests arrays/objects deeper than MAX_FRAME_DEPTH.
+
+    Brackets inside strings do not count. A frame with few brackets (nearly every one) is
+    answered by two counts; otherwise strings are cut out and the running depth is summed in
+    C (itertools), a few tens of ms for a 1 MiB frame of brackets. On invalid JSON the depth is
+    exact up to the first error, which is as far as orjson reads.
+    """
+    if isinstance(data, str):
+        if data.count("[") + data.count("{") <= MAX_FRAME_DEPTH:
+            return False
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        if data.count(b"[") + data.count(b"{") <= MAX_FRAME_DEPTH:
+            return False
+        raw = data
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > MAX_FRAME_DEPTH
+
+
 def parse_client_frame(data: str | bytes) -> ClientMessage:
     """Parse one text frame from a participant. Raises ProtocolError on bad input."""
+    if _too_deep(data):
+        raise ProtocolError("invalid_json", f"frame is nested deeper than {MAX_FRAME_DEPTH} levels")
     try:
         obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+    except (orjson.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("invalid_json", f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_event", "a frame must be a JSON object with a string 'type'")
@@ -170,7 +218,7 @@ def parse_client_frame(data: str | bytes) -> ClientMessage:
     if kind == "Turn":
         return _turn(obj)
     if kind == "SpeechStarted":
-        return SpeechStarted(_field(obj, "timestamp", int, False))
+        return SpeechStarted(_count(obj, "timestamp", False))
     if kind == "session.update":
         return SessionUpdate(_field(obj, "session", dict, True))
     if kind == "response.cancel":

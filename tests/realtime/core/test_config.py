@@ -1,9 +1,22 @@
 """SessionConfig: defaults, presets, validation and the wire/request views, with plain calls."""
 
+import math
+from dataclasses import fields
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from realtime.core.config import PRESETS, ConfigError, SessionConfig
+from realtime.core.config import (
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_PROMPT_CHARS,
+    PRESETS,
+    ConfigError,
+    SessionConfig,
+)
 
 
 def test_defaults_match_the_protocol():
@@ -16,6 +29,7 @@ def test_defaults_match_the_protocol():
     )
     assert (c.max_context_tokens, c.max_context_turns, c.max_tokens) == (8000, 50, 1000)
     assert (c.interrupt_min_words, c.max_inflight, c.format_wait_ms) == (1, 4, 300)
+    assert c.metadata is None
 
 
 def test_update_replaces_only_the_fields_sent_and_returns_a_new_config():
@@ -92,6 +106,9 @@ BAD = [
     ("tools", ["f"]),
     ("tool_choice", "always"),
     ("tool_choice", 1),
+    ("metadata", []),
+    ("metadata", "note"),
+    ("metadata", 1),
     ("interrupt_min_words", 0),
     ("interrupt_min_words", 51),
     ("interrupt_min_words", True),
@@ -136,6 +153,9 @@ GOOD = [
     ("format_wait_ms", 0, 0),
     ("max_inflight", 32, 32),
     ("interrupt_min_words", 50, 50),
+    ("metadata", {"user": "u1", "tags": ["a", 1]}, {"user": "u1", "tags": ["a", 1]}),
+    ("metadata", {}, {}),
+    ("metadata", None, None),
 ]
 
 
@@ -202,3 +222,224 @@ def test_from_defaults_validates_and_rejects_unknown_names():
     with pytest.raises(ConfigError, match=r"^max_inflight: "):
         SessionConfig.from_defaults(max_inflight=0)
     assert SessionConfig.from_defaults() == SessionConfig()
+
+
+# ---- bounds: hostile input is refused as ConfigError, before anything recursive sees it ------
+
+
+def nested(depth: int, leaf: object = 1) -> object:
+    """`depth` levels of alternating arrays and objects around `leaf` (built without recursion)."""
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+# Each JSON-valued field, with the levels its own shape takes before the free-form part.
+JSON_FIELDS = {
+    "tools": (lambda v: [{"type": "function", "x": v}], 2),
+    "tool_choice": (lambda v: {"type": "function", "x": v}, 1),
+    "response_format": (lambda v: {"type": "json_schema", "x": v}, 1),
+    "fallbacks": (lambda v: [{"model": "m", "x": v}], 2),
+    "metadata": (lambda v: {"x": v}, 1),
+}
+
+
+def test_limits_are_exported():
+    assert (MAX_JSON_DEPTH, MAX_JSON_BYTES) == (32, 65536)
+    assert MAX_INSTRUCTIONS_CHARS == MAX_PROMPT_CHARS == 32_768
+
+
+@pytest.mark.parametrize("name", sorted(JSON_FIELDS))
+def test_json_fields_accept_32_levels_and_refuse_33(name):
+    wrap, levels = JSON_FIELDS[name]
+    deepest = wrap(nested(MAX_JSON_DEPTH - levels))
+    assert getattr(SessionConfig().update({name: deepest}), name) == deepest
+    with pytest.raises(ConfigError) as info:
+        SessionConfig().update({name: wrap(nested(MAX_JSON_DEPTH - levels + 1))})
+    assert str(info.value) == f"{name}: nested deeper than 32 levels"
+
+
+@pytest.mark.parametrize("name", sorted(JSON_FIELDS))
+@pytest.mark.parametrize("depth", [250, 300, 100_000])
+def test_json_nested_past_the_recursion_limits_is_a_config_error(name, depth):
+    # ~250 deep used to make deepcopy raise RecursionError; orjson refuses more than 255.
+    wrap, _ = JSON_FIELDS[name]
+    with pytest.raises(ConfigError, match=rf"^{name}: nested deeper than 32 levels$"):
+        SessionConfig().update({name: wrap(nested(depth))})
+
+
+def sized(wrap, total: int) -> object:
+    """`wrap` around a string padded so the field's JSON is exactly `total` bytes."""
+    base = len(orjson.dumps(wrap("")))
+    value = wrap("a" * (total - base))
+    assert len(orjson.dumps(value)) == total
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(JSON_FIELDS))
+def test_json_fields_accept_64_kib_and_refuse_one_byte_more(name):
+    wrap, _ = JSON_FIELDS[name]
+    largest = sized(wrap, MAX_JSON_BYTES)
+    assert getattr(SessionConfig().update({name: largest}), name) == largest
+    with pytest.raises(ConfigError) as info:
+        SessionConfig().update({name: sized(wrap, MAX_JSON_BYTES + 1)})
+    assert str(info.value) == f"{name}: larger than 65536 bytes as JSON"
+
+
+def test_json_size_counts_escapes_and_utf8_as_orjson_does():
+    value = {"type": "text", "x": "é" * (MAX_JSON_BYTES // 2)}  # 2 bytes each in UTF-8
+    with pytest.raises(ConfigError, match=r"^response_format: larger than 65536 bytes"):
+        SessionConfig().update({"response_format": value})
+
+
+def test_many_small_values_count_towards_the_size():
+    with pytest.raises(ConfigError, match=r"^tools: larger than 65536 bytes"):
+        SessionConfig().update({"tools": [{}] * 30_000})
+
+
+def test_instructions_and_prompt_are_limited_in_length():
+    c = SessionConfig().update({"instructions": "x" * MAX_INSTRUCTIONS_CHARS})
+    assert len(c.instructions) == 32_768
+    with pytest.raises(ConfigError) as info:
+        c.update({"instructions": "x" * (MAX_INSTRUCTIONS_CHARS + 1)})
+    assert str(info.value) == "instructions: must be at most 32768 characters"
+    longest = "{{turn}}" + "x" * (MAX_PROMPT_CHARS - 8)
+    assert SessionConfig().update({"prompt": longest}).prompt == longest
+    with pytest.raises(ConfigError) as info:
+        SessionConfig().update({"prompt": longest + "x"})
+    assert str(info.value) == "prompt: must be at most 32768 characters"
+
+
+@pytest.mark.parametrize("placeholder", ["{{turn}}", "{{history}}"])
+def test_each_placeholder_appears_at_most_once_in_the_prompt(placeholder):
+    ok = SessionConfig().update({"prompt": "{{history}}\n\nNow: {{turn}}"})
+    assert ok.prompt == "{{history}}\n\nNow: {{turn}}"
+    with pytest.raises(ConfigError) as info:
+        SessionConfig().update({"prompt": f"{placeholder} and {placeholder}"})
+    assert str(info.value) == f"prompt: {placeholder} may appear at most once"
+    with pytest.raises(ConfigError, match="at most once"):
+        SessionConfig().update({"prompt": placeholder * 1000})
+
+
+def test_metadata_is_echoed_but_never_sent_upstream():
+    c = SessionConfig().update({"metadata": {"room": "r1", "n": [1, 2]}})
+    assert c.to_wire()["metadata"] == {"room": "r1", "n": [1, 2]}
+    assert "metadata" not in c.request_fields()
+    assert c.update({"metadata": None}).metadata is None
+    assert SessionConfig.ignored_fields({"metadata": {}}) == []
+
+
+def cyclic() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+def shared(depth: int) -> object:
+    value: object = "x" * 10  # 2**depth leaves when walked, a few objects in memory
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
+NOT_JSON = [
+    ("tools", [{"x": (1, 2)}], r"not tuple"),
+    ("tools", [{"x": {1, 2}}], r"not set"),
+    ("tools", [{"x": b"bytes"}], r"not bytes"),
+    ("tools", [{"x": object()}], r"not object"),
+    ("tools", [{1: "non-string key"}], r"keys must be strings"),
+    ("tools", [{"x": 2**64}], r"64-bit"),
+    ("tools", [{"x": -(2**63) - 1}], r"64-bit"),
+    ("tools", [{"x": math.nan}], r"finite"),
+    ("tools", [{"x": math.inf}], r"finite"),
+    ("tools", [{"x": "\ud800"}], r"Unicode"),
+    ("metadata", {"loop": cyclic()}, r"nested deeper"),
+    ("metadata", {"dag": shared(30)}, r"larger than"),
+    ("fallbacks", [{"model": "m", "x": cyclic()}], r"nested deeper"),
+    ("instructions", "\ud800", r"Unicode"),
+    ("prompt", "{{turn}} \udfff", r"Unicode"),
+    ("model", "m\ud800", r"Unicode"),
+    ("temperature", 10**400, r"number from 0 to 2"),
+    ("max_tokens", 10**400, r"integer from"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), NOT_JSON)
+def test_values_that_are_not_plain_json_are_refused(name, value, message):
+    # Only an operator (from_defaults) can pass these; a client's patch comes from orjson.
+    with pytest.raises(ConfigError, match=rf"^{name}: .*{message}"):
+        SessionConfig.from_defaults(**{name: value})
+
+
+def test_accepted_values_at_the_edges_of_json():
+    tools = [{"big": 2**64 - 1, "small": -(2**63), "f": 1e308, "u": "é✓"}]
+    c = SessionConfig().update({"tools": tools})
+    assert c.tools == tools
+    assert orjson.loads(orjson.dumps(c.to_wire()))["tools"] == tools
+
+
+def test_a_refused_bound_leaves_the_config_as_it_was():
+    c = SessionConfig().update({"metadata": {"a": 1}})
+    with pytest.raises(ConfigError, match=r"^tools: nested deeper"):
+        c.update({"model": "other", "metadata": {"b": 2}, "tools": [nested(300)]})
+    assert (c.model, c.metadata, c.tools) == ("gpt-4.1", {"a": 1}, None)
+
+
+# ---- property: whatever a client sends, the answer is a config or a ConfigError ------------
+
+FIELDS = [f.name for f in fields(SessionConfig)]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["{{turn}}", "{{history}}", "json_object", "auto", "function", "m"])
+)
+JSON_LIKE = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["type", "model", "x", "name"]) | st.text(max_size=5), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+DEEP = st.builds(nested, st.integers(0, 400), JSON_LIKE)
+VALUES = (
+    JSON_LIKE
+    | DEEP
+    | st.builds(lambda v: [v], DEEP)
+    | st.builds(lambda v: [{"model": "m", "x": v}], DEEP)
+)
+PATCHES = st.dictionaries(st.sampled_from([*FIELDS, "voice"]), VALUES, max_size=5)
+
+
+def check_accepted(c: SessionConfig) -> None:
+    wire = orjson.loads(orjson.dumps(c.to_wire()))
+    assert set(wire) == set(FIELDS)
+    orjson.dumps(c.request_fields())
+
+
+@settings(max_examples=400, deadline=None)
+@given(patch=PATCHES)
+def test_any_json_patch_gives_a_config_or_a_config_error(patch):
+    before = SessionConfig()
+    try:
+        c = before.update(patch)
+    except ConfigError as exc:
+        assert str(exc).split(":")[0].split("[")[0] in {*patch, "session"}
+        return
+    check_accepted(c)
+
+
+@settings(max_examples=200, deadline=None)
+@given(patch=st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=5))
+def test_any_defaults_give_a_config_or_a_config_error(patch):
+    try:
+        c = SessionConfig.from_defaults(**patch)
+    except ConfigError:
+        return
+    check_accepted(c)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from realtime.core.config import SessionConfig
+from realtime.core.config import MAX_PROMPT_CHARS, SessionConfig
 from realtime.core.context import MESSAGE_OVERHEAD_TOKENS, Conversation
 
 NO_SYSTEM = SessionConfig(instructions="")
@@ -255,6 +255,56 @@ def test_placeholders_inside_the_turn_text_are_not_expanded():
     conv.add_user(1, "say {{history}} literally")
     cfg = SessionConfig(instructions="", prompt="Q: {{turn}}")
     assert conv.build_messages(cfg, 1)[0]["content"] == "Q: say {{history}} literally"
+
+
+def biggest_prompt() -> str:
+    """The longest prompt the config accepts, with each placeholder once."""
+    head = "Transcript:\n{{history}}\n\nLatest: {{turn}}\n\n"
+    prompt = head + "p" * (MAX_PROMPT_CHARS - len(head))
+    assert SessionConfig().update({"prompt": prompt}).prompt == prompt
+    return prompt
+
+
+@pytest.mark.parametrize("ratio", [None, (10_000, 1_250)])  # 4 and 8 characters per token
+def test_the_biggest_prompt_with_a_long_turn_renders_bounded(ratio):
+    conv = Conversation()
+    if ratio:
+        for _ in range(100):
+            conv.observe_usage(*ratio)
+    for i in range(300):
+        conv.add_user(i, f"{i:04d}" + "h" * 996)  # a long history of 1,000-char turns
+    turn = "t" * 1000
+    conv.add_user(300, turn)
+    prompt = biggest_prompt()
+    cfg = SessionConfig().update({"prompt": prompt})
+    content = str(conv.build_messages(cfg, 300)[-1]["content"])
+    assert content.count(turn) == 2  # once for {{turn}}, once as the history's last line
+    assert len(content) < 100_000
+    budget_chars = cfg.max_context_tokens * conv.chars_per_token
+    assert len(content) <= len(prompt) + 2 * len(turn) + budget_chars
+
+
+def test_a_history_budget_bounds_the_rendered_history():
+    conv = Conversation()
+    for i in range(300):
+        conv.add_user(i, "h" * 1000)
+    conv.add_user(300, "now")
+    cfg = SessionConfig(
+        instructions="", prompt="{{history}}", max_context_tokens=20_000, max_context_turns=1000
+    )
+    content = str(conv.build_messages(cfg, 300)[0]["content"])
+    assert 70_000 < len(content) <= 20_000 * conv.chars_per_token
+
+
+def test_a_repeated_placeholder_is_filled_once_even_without_validation():
+    # The old bug: {{turn}} x 100,000 with a 1,000-char turn built a 100-million-char request.
+    # The config refuses such a prompt; a config built directly still renders one copy.
+    conv = Conversation()
+    conv.add_user(0, "older")
+    conv.add_user(1, "t" * 1000)
+    cfg = SessionConfig(instructions="", prompt="{{turn}}" * 100_000 + "{{history}}" * 3)
+    content = str(conv.build_messages(cfg, 1)[0]["content"])
+    assert content == "t" * 1000 + "older\n" + "t" * 1000
 
 
 # ---- calibration and bounds -----------------------------------------------------------------
