@@ -247,6 +247,21 @@ class ServiceMetrics:
         self.viewers_dropped_total = r.counter(
             "realtime_viewers_dropped_total", "Viewers disconnected for falling behind."
         )
+        self.write_timeouts_total = r.counter(
+            "realtime_write_timeouts_total",
+            "Connections aborted because they did not accept queued data within the write "
+            "deadline, by role.",
+            ["role"],
+        )
+        self.connections_refused_total = r.counter(
+            "realtime_connections_refused_total",
+            "WebSocket upgrades refused before the upgrade, by code.",
+            ["code"],
+        )
+        self.internal_errors_total = r.counter(
+            "realtime_internal_errors_total",
+            "Client messages whose handling failed inside the server (answered internal_error).",
+        )
 
     def render(self) -> str:
         return self.registry.render()

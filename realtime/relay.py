@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from realtime.core import outbound as msg
-from realtime.core.inbound import ProtocolError, parse_client_frame
-from realtime.outbox import Outbox
+from realtime.core.inbound import ClientMessage, ProtocolError, parse_client_frame
+from realtime.core.outbound import relayed
 from realtime.session import Session
 from realtime.stt import SttClient, SttError, SttParams
 
@@ -58,73 +57,91 @@ def params_from_query(query: Mapping[str, str]) -> SttParams:
 
 
 class AudioRelay:
-    """One session's upstream speech-to-text connection."""
+    """One session's upstream speech-to-text connection, owned by the session's TaskGroup.
+
+    `feed` and `control` queue for the upstream writer and wait only while the queue is full
+    and upstream is alive: once upstream has ended (closed, failed), they return at once and
+    the item is dropped, so a client that keeps sending audio never blocks its reader.
+    """
 
     def __init__(
-        self, session: Session, box: Outbox, *, url: str, api_key: str | None, params: SttParams
+        self, session: Session, *, url: str, api_key: str | None, params: SttParams
     ) -> None:
         self.session = session
-        self.box = box
         self.url = url
         self.api_key = api_key
         self.params = params
         # Audio frames, control messages for upstream (dicts), or None for "terminate".
-        self._frames: asyncio.Queue[bytes | dict[str, Any] | None] = asyncio.Queue(
-            MAX_QUEUED_FRAMES
-        )
-        self._closed = False
+        self._items: deque[bytes | dict[str, Any] | None] = deque()
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closing = False  # the session asked for Terminate
+        self._ended = False  # upstream is over: nothing more is queued
         self._task = session.spawn(self._run())
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     async def feed(self, pcm: bytes) -> None:
         """Queue one client audio frame; waits (slowing the client's reads) when far behind."""
-        if not self._closed:
-            await self._frames.put(pcm)
+        await self._put(pcm)
 
     async def control(self, message: dict[str, Any]) -> None:
         """Forward UpdateConfiguration / ForceEndpoint / KeepAlive / Terminate upstream."""
-        if not self._closed:
-            await self._frames.put(message)
+        await self._put(message)
+
+    async def _put(self, item: bytes | dict[str, Any]) -> None:
+        while len(self._items) >= MAX_QUEUED_FRAMES and not (self._ended or self._closing):
+            self._space.clear()
+            await self._space.wait()
+        if self._ended or self._closing:
+            return
+        self._items.append(item)
+        self._ready.set()
 
     def close(self) -> None:
-        """End the upstream session: Terminate, then close (sync; the task finishes it)."""
-        if self._closed:
+        """End the upstream session: Terminate, then close (sync; the task finishes it
+        within SttClient's terminate deadline)."""
+        if self._closing:
             return
-        self._closed = True
-        try:
-            self._frames.put_nowait(None)
-        except asyncio.QueueFull:
-            self._task.cancel()  # the writer is stuck: the client's abort path still Terminates
+        self._closing = True
+        self._items.append(None)
+        self._ready.set()
+        self._space.set()
 
     async def _run(self) -> None:
         session = self.session
         try:
             async with SttClient(self.url, api_key=self.api_key, params=self.params) as stt:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._send(stt))
+                sender = asyncio.create_task(self._send(stt))
+                try:
                     async for upstream in stt:
                         self._dispatch(upstream)
-        except* SttError as group:
-            exc = group.exceptions[0]
-            assert isinstance(exc, SttError)
-            log.warning(
-                "upstream speech-to-text failed",
-                extra={"session_id": session.id, "status": exc.code},
-            )
-            session.publish(
-                msg.dumps(
-                    {
-                        "type": "error",
-                        "error": {"code": "stt_error", "status": exc.code, "message": exc.message},
-                    }
-                )
-            )
-            session.handle_frame(
-                self.box, parse_client_frame(b'{"type":"Termination"}'), time.perf_counter()
-            )
+                finally:
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+            if not self._closing:
+                session.stt_failed(None, "upstream speech-to-text ended the session")
+        except SttError as exc:
+            session.stt_failed(exc.code, exc.message)
+        finally:
+            self._ended = True
+            self._items.clear()
+            self._space.set()
 
     async def _send(self, stt: SttClient) -> None:
+        items = self._items
         try:
-            while (item := await self._frames.get()) is not None:
+            while True:
+                while not items:
+                    self._ready.clear()
+                    await self._ready.wait()
+                item = items.popleft()
+                self._space.set()
+                if item is None:
+                    break
                 if isinstance(item, bytes):
                     await stt.send_audio(item)
                     continue
@@ -143,20 +160,11 @@ class AudioRelay:
 
     def _dispatch(self, upstream: dict[str, Any]) -> None:
         raw = orjson.dumps(upstream)
-        self.session.publish(raw)  # clients see what speech-to-text said, verbatim
         try:
-            message = parse_client_frame(raw)
+            parsed: ClientMessage | None = parse_client_frame(raw)
         except ProtocolError:
-            return  # a type the session does not act on (Warning, Heartbeat, ...)
-        self.session.handle_frame(self.box, message, time.perf_counter())
+            parsed = None  # a type the session does not act on (Warning, Heartbeat, ...)
+        # Clients see what speech-to-text said, verbatim; then it drives the session.
+        self.session.relayed(relayed(str(upstream.get("type")), raw, upstream), parsed)
 
 
-def relay_factory(
-    url: str, api_key: str | None
-) -> Callable[[Session, Outbox, Mapping[str, str]], AudioRelay]:
-    """What `Server.relay_factory` holds when upstream speech-to-text is configured."""
-
-    def make(session: Session, box: Outbox, query: Mapping[str, str]) -> AudioRelay:
-        return AudioRelay(session, box, url=url, api_key=api_key, params=params_from_query(query))
-
-    return make

@@ -1,37 +1,44 @@
-"""The service's HTTP and WebSocket surface: /v1/realtime, /healthz, /metrics.
+"""The service's app: routes, the registry of sessions and connections, owned shutdown.
 
-Each connection is served by its aiohttp handler task, which owns a writer task (its outbox)
-and reads frames until the peer leaves. The connection that creates a session owns it: the
-session's response tasks live in a TaskGroup inside that handler, so when it ends, every
-response is cancelled with exactly one terminal message and every viewer is closed.
+Each WebSocket connection is served by its aiohttp handler task, which the server tracks: the
+connection runner (`realtime.connection`) owns the connection's writer, and the handler of the
+connection that created a session owns the session (`Session.running`). `stop()` ends every
+session (one terminal per live reply, reason `shutdown`), closes connections with 1001, aborts
+those that do not finish closing within a second, and awaits every handler. A watchdog task
+aborts connections whose sends wait longer than the write deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
-import re
+import resource
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
+from realtime.connection import Connection
 from realtime.core.config import SessionConfig
-from realtime.core.inbound import ProtocolError, parse_client_frame
 from realtime.limits import Limiter
+from realtime.logs import RateLimitFilter
 from realtime.metrics import ServiceMetrics
-from realtime.outbox import CLOSE_GOING_AWAY, Outbox
-from realtime.session import Deps, Session, new_id
+from realtime.session import Deps, Session
+from realtime.strict_ws import harden
 
 log = logging.getLogger("realtime.server")
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 VIEWER_SNDBUF = 64 * 1024  # a viewer's kernel send buffer: lag shows early, memory stays bounded
+FDS_PER_CONNECTION = 2  # its socket, and an upstream speech-to-text socket when it sends audio
+FDS_RESERVED = 128  # listening sockets, the gateway pool's base, logs, /healthz and /metrics
+SHUTDOWN_CLOSE_S = 1.0  # connections not closed by then are aborted
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +62,43 @@ class ServerSettings:
     default_config: SessionConfig = field(default_factory=SessionConfig)
 
 
-def _json_response(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def fd_limits() -> tuple[int, int]:
+    """The process's (soft, hard) open-file limits."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one; returns (soft, hard) afterwards."""
+    soft, hard = fd_limits()
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", extra={"reason": str(exc)})
+    return fd_limits()
+
+
+def default_max_connections() -> int:
+    soft, _ = fd_limits()
+    return max(8, (soft - FDS_RESERVED) // FDS_PER_CONNECTION)
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": {"code": code, "message": message}}),
+        content_type="application/json",
+        headers=headers or None,
+    )
 
 
 class Server:
-    """The realtime service on one aiohttp app. `start()` binds; `stop()` shuts down gracefully."""
+    """The realtime service on one aiohttp app. `start()` binds; `stop()` shuts down."""
 
     def __init__(self, settings: ServerSettings, gateway: Any) -> None:
+        from realtime.endpoints import aai_ws, http, realtime_ws
+
         self.settings = settings
         self.gateway = gateway
         self.metrics = ServiceMetrics()
@@ -78,28 +114,27 @@ class Server:
             participant_queue=settings.participant_queue,
             viewer_queue=settings.viewer_queue,
         )
+        self.max_connections = settings.max_connections or default_max_connections()
         self.sessions: dict[str, Session] = {}
+        self.connections: dict[int, Connection] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._admitted = 0  # WebSocket handlers running (upgraded or about to be)
+        self._conn_ids = itertools.count(1)
+        self._watchdog: asyncio.Task[None] | None = None
         self.stopping = False
         self.app = web.Application()
-        self.app.router.add_get("/v1/realtime", self.realtime)
-        self.app.router.add_get("/healthz", self.healthz)
-        self.app.router.add_get("/metrics", self.metrics_page)
+        self.app.router.add_routes(realtime_ws.routes(self))
+        self.app.router.add_routes(http.routes(self))
+        if settings.stt_url:
+            self.app.router.add_routes(aai_ws.routes(self))
         self._runner: web.AppRunner | None = None
         self.port = settings.port
-        # Set by the audio path when upstream speech-to-text is configured: makes a session's
-        # relay on its first binary frame (see realtime/audio_relay.py).
-        self.relay_factory: Callable[[Session, Outbox, Mapping[str, str]], Any] | None = None
-        if settings.stt_url:
-            from realtime import aai_compat
-            from realtime.relay import relay_factory
 
-            self.relay_factory = relay_factory(settings.stt_url, settings.stt_api_key)
-            aai_compat.install(self)  # GET /v3/ws, AssemblyAI's streaming protocol
-
-    # ---- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        _quiet_accept_errors()
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
@@ -108,16 +143,31 @@ class Server:
         sockets = getattr(server, "sockets", None) or ()
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self._watchdog = asyncio.create_task(self._watch_writes())
 
     async def stop(self) -> None:
-        """Stop accepting, cancel responses with reason `shutdown`, close connections with 1001."""
+        """Stop accepting; end every session (reason `shutdown`, close 1001); abort what does
+        not close within a second; await every handler."""
         self.stopping = True
         for session in list(self.sessions.values()):
             session.shutdown()
-        # Give handlers a moment to flush terminal messages and close frames.
-        deadline = time.monotonic() + 3.0
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        for conn in list(self.connections.values()):
+            conn.close(1001, "server shutting down")
+        handlers = [t for t in self._handlers if not t.done()]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=SHUTDOWN_CLOSE_S)
+            if pending:
+                for conn in list(self.connections.values()):
+                    conn.abort()
+                _, pending = await asyncio.wait(pending, timeout=SHUTDOWN_CLOSE_S / 2)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=SHUTDOWN_CLOSE_S / 2)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -129,37 +179,24 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def residue(self) -> dict[str, int]:
-        """What the server still holds; every value is 0 once everything was released."""
-        return {
-            "sessions": len(self.sessions),
-            "connections": sum(len(s.participants) + len(s.viewers) for s in self.sessions.values()),
-            "handlers": 0,
-            "gauge_sessions": int(self.metrics.sessions_active.value()),
-            "gauge_connections": int(
-                self.metrics.connections_active.value("participant")
-                + self.metrics.connections_active.value("viewer")
-            ),
-        }
-
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
 
-    # ---- plain HTTP ------------------------------------------------------------------------
+    def residue(self) -> dict[str, int]:
+        """What the server still holds; every value is 0 once everything was released."""
+        gauge = self.metrics.connections_active
+        return {
+            "sessions": len(self.sessions),
+            "connections": len(self.connections),
+            "handlers": sum(1 for t in self._handlers if not t.done()),
+            "session_tasks": sum(len(s._streams) for s in self.sessions.values()),
+            "gauge_sessions": int(self.metrics.sessions_active.value()),
+            "gauge_connections": int(gauge.value("participant") + gauge.value("viewer")),
+            "gateway_slots": self.limiter.in_flight,
+        }
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return _json_response(200, {"status": "ok"})
-
-    async def metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(
-            text=self.metrics.render(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
-        )
-
-    # ---- auth ------------------------------------------------------------------------------
+    # ---- admission --------------------------------------------------------------------
 
     def authorized(self, request: web.Request, *, raw_header: bool = False) -> bool:
         tokens = self.settings.auth_tokens
@@ -167,7 +204,7 @@ class Server:
             return True
         presented: list[str] = []
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
+        if header[:7].lower() == "bearer ":
             presented.append(header[7:].strip())
         elif raw_header and header:
             presented.append(header.strip())
@@ -175,137 +212,104 @@ class Server:
             presented.append(request.query["token"])
         return any(hmac.compare_digest(p.encode(), t.encode()) for p in presented for t in tokens)
 
-    # ---- /v1/realtime ----------------------------------------------------------------------
-
-    async def realtime(self, request: web.Request) -> web.StreamResponse:
-        if not self.authorized(request):
-            return _json_response(
-                401,
-                {"error": {"code": "unauthorized", "message": "a valid auth token is required"}},
+    def refuse_upgrade(self, request: web.Request, *, raw_header: bool = False) -> web.Response | None:
+        """The refusal every WebSocket endpoint checks before upgrading, or None."""
+        if not self.authorized(request, raw_header=raw_header):
+            return self._refused(
+                401, "unauthorized", "a valid auth token is required", WWW_Authenticate="Bearer"
             )
         if self.stopping:
-            return _json_response(
-                503, {"error": {"code": "shutting_down", "message": "the server is shutting down"}}
+            return self._refused(503, "shutting_down", "the server is shutting down")
+        if self.at_capacity():
+            return self._refused(
+                503, "over_capacity", "the server is at its connection limit; retry later"
             )
-        role = request.query.get("role", "participant")
-        if role not in ("participant", "viewer"):
-            return _json_response(
-                400,
-                {
-                    "error": {
-                        "code": "invalid_request",
-                        "message": "role must be participant or viewer",
-                    }
-                },
-            )
-        session_id = request.query.get("session_id") or None
-        if session_id is not None and not _SESSION_ID.match(session_id):
-            return _json_response(
-                400,
-                {
-                    "error": {
-                        "code": "invalid_request",
-                        "message": "session_id must be 1-64 of [A-Za-z0-9_-]",
-                    }
-                },
-            )
-        existing = self.sessions.get(session_id) if session_id else None
-        if role == "viewer" and existing is None:
-            return _json_response(
-                404,
-                {
-                    "error": {
-                        "code": "no_such_session",
-                        "message": "viewers need the id of a live session",
-                    }
-                },
-            )
+        return None
 
+    def _refused(self, status: int, code: str, message: str, **headers: str) -> web.Response:
+        self.metrics.connections_refused_total.inc(code)
+        fixed = {k.replace("_", "-"): v for k, v in headers.items()}
+        return json_error(status, code, message, **fixed)
+
+    @asynccontextmanager
+    async def handler(self) -> AsyncIterator[None]:
+        """Track the current handler task for shutdown, and hold a connection place."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self._handlers.discard(task)
+
+    async def upgrade(
+        self, request: web.Request, *, decode_text: bool = True
+    ) -> web.WebSocketResponse:
+        # aiohttp refuses a message whose size equals its limit: one more byte makes a frame
+        # of exactly --max-frame-bytes pass and one byte more fail (PROTOCOL.md close 1009).
         ws = web.WebSocketResponse(
-            max_msg_size=self.settings.max_frame_bytes,
+            max_msg_size=self.settings.max_frame_bytes + 1,
             heartbeat=self.settings.heartbeat_s,
-            decode_text=False,
+            decode_text=decode_text,
+            timeout=SHUTDOWN_CLOSE_S,
         )
         await ws.prepare(request)
-        if role == "viewer":
-            _shrink_send_buffer(request)
-            box = Outbox(ws, role="viewer", limit=self.settings.viewer_queue)
-            assert existing is not None
-            await self._serve(ws, box, existing, request.query)
-        elif existing is not None:
-            box = Outbox(ws, role="participant", limit=self.settings.participant_queue)
-            await self._serve(ws, box, existing, request.query)
-        else:
-            session = Session(session_id or new_id("s_"), self.deps)
-            self.sessions[session.id] = session
-            box = Outbox(ws, role="participant", limit=self.settings.participant_queue)
-            try:
-                async with session.running():
-                    await self._serve(ws, box, session, request.query)
-            finally:
-                self.sessions.pop(session.id, None)
+        harden(ws, request)
         return ws
 
-    async def _serve(
-        self,
-        ws: web.WebSocketResponse,
-        box: Outbox,
-        session: Session,
-        query: Mapping[str, str],
-    ) -> None:
-        session.attach(box)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(box.run_writer())
-                await self._read(ws, box, session, query)
-                box.close(CLOSE_GOING_AWAY if session.ended else 1000)
-        finally:
-            session.detach(box)
+    def next_conn_id(self) -> int:
+        return next(self._conn_ids)
 
-    async def _read(
-        self,
-        ws: web.WebSocketResponse,
-        box: Outbox,
-        session: Session,
-        query: Mapping[str, str],
-    ) -> None:
-        viewer = box.role == "viewer"
-        async for frame in ws:
-            received_at = time.perf_counter()
-            if frame.type == WSMsgType.TEXT:
-                if viewer:
-                    session.send_error(box, "read_only", "viewers cannot send messages")
-                    continue
-                try:
-                    message = parse_client_frame(frame.data)
-                except ProtocolError as exc:
-                    session.handle_bad_frame(box, exc)
-                    continue
-                session.handle_frame(box, message, received_at)
-            elif frame.type == WSMsgType.BINARY:
-                if viewer:
-                    session.send_error(box, "read_only", "viewers cannot send messages")
-                elif self.relay_factory is not None:
-                    if session.relay is None:
-                        try:
-                            session.relay = self.relay_factory(session, box, query)
-                        except ValueError as exc:
-                            session.send_error(box, "invalid_event", str(exc))
-                            continue
-                    await session.relay.feed(frame.data)
-                else:
-                    session.send_error(
-                        box,
-                        "audio_unsupported",
-                        "this server has no upstream speech-to-text connection for audio",
+    def add_connection(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+
+    def new_connection(
+        self, ws: web.WebSocketResponse, request: web.Request, role: str, limit: int
+    ) -> Connection:
+        conn = Connection(ws, request, conn_id=self.next_conn_id(), role=role, limit=limit)
+        self.add_connection(conn)
+        return conn
+
+    def at_capacity(self) -> bool:
+        return self._admitted >= self.max_connections
+
+    def forget_connection(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+    # ---- sessions ---------------------------------------------------------------------
+
+    def register(self, session: Session) -> None:
+        """Register a new session; called before its creator's handler first awaits."""
+        self.sessions[session.id] = session
+
+    def unregister(self, session: Session) -> None:
+        """Only the session that registered an id removes it."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    # ---- the write deadline -----------------------------------------------------------
+
+    async def _watch_writes(self) -> None:
+        deadline = self.settings.write_timeout_s
+        tick = min(1.0, max(0.05, deadline / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for conn in list(self.connections.values()):
+                if conn.stalled(now, deadline):
+                    self.metrics.write_timeouts_total.inc(conn.role)
+                    log.warning(
+                        "connection did not accept data within the write deadline; aborting it",
+                        extra={"role": conn.role, "write_timeout_s": deadline},
                     )
-            elif frame.type == WSMsgType.ERROR:
-                break
-            if box.closed and box.dropped:
-                break
+                    conn.abort()
 
 
-def _shrink_send_buffer(request: web.Request) -> None:
+def shrink_send_buffer(request: web.Request) -> None:
+    """A viewer's small kernel send buffer makes its lag show early and bounds memory."""
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is not None:
@@ -313,3 +317,18 @@ def _shrink_send_buffer(request: web.Request) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SNDBUF)
         except OSError:
             pass
+
+
+_quieted = False
+
+
+def _quiet_accept_errors() -> None:
+    """Out of file descriptors, asyncio logs a failed accept() every time it retries: keep
+    one such line per 10 seconds."""
+    global _quieted
+    if not _quieted:
+        logging.getLogger("asyncio").addFilter(RateLimitFilter(10.0))
+        _quieted = True
+
+
+now = time.perf_counter

@@ -1,66 +1,125 @@
-"""Server -> client messages (PROTOCOL.md "Responses", "Errors"), serialised once with orjson."""
+"""Service -> client messages (PROTOCOL.md "Responses", "Errors"), typed until the edge. Pure.
+
+A message is an `Outbound`: its `type` and its fields, or, for a speech-to-text message
+relayed from upstream, the upstream's bytes unchanged. Connections decide by `type` what they
+take (the AssemblyAI-compatible endpoint hides the service's own types from clients that did
+not ask for them); `encode` serialises a message once, however many connections take it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-dumps = orjson.dumps
+__all__ = [
+    "SERVICE_TYPES",
+    "Outbound",
+    "error",
+    "relayed",
+    "response_cancelled",
+    "response_created",
+    "response_delta",
+    "response_done",
+    "response_failed",
+    "response_queued",
+    "response_truncated",
+    "session_created",
+    "session_updated",
+    "tool_call_delta",
+]
 
 
-def error(code: str, message: str) -> bytes:
-    return dumps({"type": "error", "error": {"code": code, "message": message}})
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One message for clients: `fields` (without `type`), or `raw` bytes relayed verbatim."""
+
+    type: str
+    fields: Mapping[str, Any] | None = None
+    raw: bytes | None = None
+
+    @property
+    def from_service(self) -> bool:
+        """True for the service's own messages, False for relayed speech-to-text ones."""
+        return self.raw is None
+
+    def encode(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return orjson.dumps({"type": self.type, **(self.fields or {})})
+
+
+# The service's own message types (everything else a client sees is relayed speech-to-text).
+SERVICE_TYPES = frozenset(
+    {
+        "error",
+        "session.created",
+        "session.updated",
+        "response.created",
+        "response.queued",
+        "response.delta",
+        "response.tool_call.delta",
+        "response.done",
+        "response.cancelled",
+        "response.failed",
+        "response.truncated",
+    }
+)
+
+
+def relayed(kind: str, raw: bytes, fields: Mapping[str, Any] | None = None) -> Outbound:
+    """An upstream speech-to-text message, passed on byte for byte (`fields`: its parsed
+    form, for edges that read it)."""
+    return Outbound(kind, fields=fields, raw=raw)
+
+
+def error(code: str, message: str, **extra: Any) -> Outbound:
+    return Outbound("error", {"error": {"code": code, "message": message, **extra}})
 
 
 def session_created(
-    session_id: str, role: str, config: dict[str, Any], history: list[dict[str, Any]] | None
-) -> bytes:
-    msg: dict[str, Any] = {
-        "type": "session.created",
-        "session_id": session_id,
-        "role": role,
-        "session": config,
-    }
+    session_id: str, role: str, config: Mapping[str, Any], history: list[dict[str, Any]] | None
+) -> Outbound:
+    fields: dict[str, Any] = {"session_id": session_id, "role": role, "session": config}
     if history is not None:
-        msg["history"] = history
-    return dumps(msg)
+        fields["history"] = history
+    return Outbound("session.created", fields)
 
 
-def session_updated(session_id: str, config: dict[str, Any]) -> bytes:
-    return dumps({"type": "session.updated", "session_id": session_id, "session": config})
+def session_updated(
+    session_id: str, config: Mapping[str, Any], ignored: list[str] | None = None
+) -> Outbound:
+    fields: dict[str, Any] = {"session_id": session_id, "session": config}
+    if ignored:
+        fields["ignored"] = ignored
+    return Outbound("session.updated", fields)
 
 
-def response_created(response_id: str, turn_order: int, model: str) -> bytes:
-    return dumps(
-        {
-            "type": "response.created",
-            "response_id": response_id,
-            "turn_order": turn_order,
-            "model": model,
-        }
+def response_created(response_id: str, turn_order: int, model: str) -> Outbound:
+    return Outbound(
+        "response.created", {"response_id": response_id, "turn_order": turn_order, "model": model}
     )
 
 
-def response_delta(response_id: str, turn_order: int, delta: str) -> bytes:
-    return dumps(
-        {
-            "type": "response.delta",
-            "response_id": response_id,
-            "turn_order": turn_order,
-            "delta": delta,
-        }
+def response_queued(response_id: str, turn_order: int, wait_ms: int) -> Outbound:
+    return Outbound(
+        "response.queued",
+        {"response_id": response_id, "turn_order": turn_order, "wait_ms": wait_ms},
     )
 
 
-def tool_call_delta(response_id: str, turn_order: int, delta: dict[str, Any]) -> bytes:
-    return dumps(
-        {
-            "type": "response.tool_call.delta",
-            "response_id": response_id,
-            "turn_order": turn_order,
-            **delta,
-        }
+def response_delta(response_id: str, turn_order: int, delta: str) -> Outbound:
+    return Outbound(
+        "response.delta", {"response_id": response_id, "turn_order": turn_order, "delta": delta}
+    )
+
+
+def tool_call_delta(response_id: str, turn_order: int, delta: Mapping[str, Any]) -> Outbound:
+    return Outbound(
+        "response.tool_call.delta",
+        {"response_id": response_id, "turn_order": turn_order, **delta},
     )
 
 
@@ -70,14 +129,13 @@ def response_done(
     *,
     text: str,
     finish_reason: str | None,
-    usage: dict[str, Any] | None,
+    usage: Mapping[str, Any] | None,
     request_id: str | None,
-    timings: dict[str, float],
+    timings: Mapping[str, float],
     tool_calls: list[dict[str, Any]] | None,
     model: str | None,
-) -> bytes:
-    msg: dict[str, Any] = {
-        "type": "response.done",
+) -> Outbound:
+    fields: dict[str, Any] = {
         "response_id": response_id,
         "turn_order": turn_order,
         "text": text,
@@ -87,37 +145,37 @@ def response_done(
         "timings": timings,
     }
     if tool_calls:
-        msg["tool_calls"] = tool_calls
+        fields["tool_calls"] = tool_calls
     if model:
-        msg["model"] = model
-    return dumps(msg)
+        fields["model"] = model
+    return Outbound("response.done", fields)
 
 
-def response_cancelled(response_id: str, turn_order: int, reason: str, delivered: str) -> bytes:
-    return dumps(
+def response_cancelled(response_id: str, turn_order: int, reason: str, delivered: str) -> Outbound:
+    return Outbound(
+        "response.cancelled",
         {
-            "type": "response.cancelled",
             "response_id": response_id,
             "turn_order": turn_order,
             "reason": reason,
             "delivered_text": delivered,
-        }
+        },
     )
 
 
 def response_failed(
     response_id: str, turn_order: int, code: str, status: int | None, message: str, delivered: str
-) -> bytes:
-    return dumps(
+) -> Outbound:
+    return Outbound(
+        "response.failed",
         {
-            "type": "response.failed",
             "response_id": response_id,
             "turn_order": turn_order,
             "error": {"code": code, "status": status, "message": message},
             "delivered_text": delivered,
-        }
+        },
     )
 
 
-def response_truncated(response_id: str, text: str) -> bytes:
-    return dumps({"type": "response.truncated", "response_id": response_id, "text": text})
+def response_truncated(response_id: str, text: str) -> Outbound:
+    return Outbound("response.truncated", {"response_id": response_id, "text": text})

@@ -404,6 +404,14 @@ class TurnPolicy:
             out.append(Discard(r.id))
         return out
 
+    def waiting_for_format(self) -> int | None:
+        """The turn_order whose format timer matters now, or None (a timer of any other
+        turn is moot and may be cancelled)."""
+        turn = self._turn
+        if turn is not None and turn.phase is _Phase.WAITING and not self._stopped:
+            return turn.order
+        return None
+
     def live(self) -> list[ResponseInfo]:
         """The live responses, oldest first."""
         return [ResponseInfo(r.id, r.turn_order, r.state.value) for r in self._live.values()]

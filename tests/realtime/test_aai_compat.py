@@ -21,7 +21,7 @@ from assemblyai.streaming.v3 import (
 from support.audio import tone
 from support.service import Service
 
-from realtime.aai_compat import session_patch
+from realtime.endpoints.aai_ws import session_patch
 
 LLM = {
     "model": "gpt-4.1",

@@ -1,0 +1,535 @@
+"""A session's decisions, sans I/O: `SessionCore.on_x(...)` returns the outputs to carry out.
+
+The core holds the session's config, turn policy, conversation and replies. Its inputs are
+plain calls (a client message, a delta from upstream, a timer that ran out, the end of the
+session); its outputs are typed records (publish a message, start or stop an upstream stream,
+start or cancel a timer, close every connection) that the asyncio adapter,
+`realtime.session.Session`, carries out in order. The turn policy's actions are worked off
+from one queue, so policy and core never call back into each other.
+
+Guarantees kept here (PROTOCOL.md "Responses"): a reply's messages are emitted in the same
+step as its state changes, so once its terminal message is emitted nothing of it follows; a
+hidden speculation emits nothing until promoted; the history keeps only what was delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from realtime.core import outbound as out_msg
+from realtime.core.config import ConfigError, SessionConfig
+from realtime.core.context import Conversation
+from realtime.core.inbound import (
+    ClientMessage,
+    ResponseCancel,
+    ResponseTruncate,
+    SessionUpdate,
+    SpeechStarted,
+    Termination,
+    TurnMessage,
+)
+from realtime.core.outbound import Outbound
+from realtime.core.replies import RE, RS, Completion, Failure, Reply
+from realtime.core.turns import (
+    Action,
+    Cancel,
+    Discard,
+    Fire,
+    Promote,
+    ReplaceText,
+    Start,
+    StartTimer,
+    TurnPolicy,
+)
+from realtime.metrics import ServiceMetrics
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
+    "CancelTimer",
+    "CloseAll",
+    "Log",
+    "Output",
+    "Publish",
+    "SendTo",
+    "SessionCore",
+    "StartStream",
+    "StartTimer",
+    "StopStream",
+]
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutdown only
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Queue `message` on every connection of the session."""
+
+    message: Outbound
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """Queue `message` on one connection (an error, a session.created)."""
+
+    conn: int
+    message: Outbound
+
+
+@dataclass(frozen=True, slots=True)
+class StartStream:
+    """Start the upstream request of a reply (it waits for the limiter first)."""
+
+    response_id: str
+    body: dict[str, Any]
+    fallback_models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopStream:
+    """Abort a reply's upstream request at once (its connection is closed, not read out)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAll:
+    """Close every connection of the session with `code` after what is queued."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Output = Publish | SendTo | StartStream | StopStream | StartTimer | CancelTimer | CloseAll | Log
+
+
+# ---- the core -----------------------------------------------------------------------------
+
+
+class SessionCore:
+    """One session's state and decisions. Every `on_*` method returns the outputs, in order."""
+
+    def __init__(
+        self,
+        session_id: str,
+        config: SessionConfig,
+        *,
+        new_id: Callable[[str], str],
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self._new_id = new_id
+        self.policy = self._new_policy(config)
+        self.conversation = Conversation()
+        self.replies: dict[str, Reply] = {}
+        self.terminated = False  # input ended: nothing new fires
+        self.ended = False  # the session is over
+        self.closing = False  # CloseAll was emitted
+        self.stt_failed = False
+        self._timers: set[int] = set()
+        self._pending: deque[Action] = deque()
+        self._reason_override: str | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a new connection may join."""
+        return not (self.ended or self.terminated or self.closing)
+
+    # ---- connections ------------------------------------------------------------------
+
+    def join(self, conn: int, role: str) -> list[Output]:
+        """The `session.created` of a new connection, with the history so far."""
+        created = out_msg.session_created(
+            self.id, role, self.config.to_wire(), self.conversation.history()
+        )
+        return [SendTo(conn, created)]
+
+    # ---- client input -----------------------------------------------------------------
+
+    def on_message(self, conn: int, message: ClientMessage, at: float) -> list[Output]:
+        """Apply one parsed client message (or a relayed speech-to-text event)."""
+        out: list[Output] = []
+        if isinstance(message, TurnMessage):
+            if not self.terminated:
+                self._pending.extend(self.policy.on_turn(message.event))
+        elif isinstance(message, SpeechStarted):
+            if not self.terminated:
+                self._pending.extend(self.policy.on_speech_started())
+        elif isinstance(message, SessionUpdate):
+            self._update(conn, message.patch, out)
+        elif isinstance(message, ResponseCancel):
+            self._pending.extend(self.policy.on_cancel_request())
+        elif isinstance(message, ResponseTruncate):
+            self._truncate(conn, message, out)
+        elif isinstance(message, Termination):
+            if not self.terminated:
+                self._pending.extend(self.policy.on_termination())
+                self.terminated = True
+        self._drain(at, out)
+        return out
+
+    def on_bad_message(self, conn: int, code: str, message: str) -> list[Output]:
+        """Bad input from one connection: an error to it, and the session goes on."""
+        self.metrics.client_errors_total.inc(code)
+        return [SendTo(conn, out_msg.error(code, message))]
+
+    def on_stt_failed(self, status: int | str | None, message: str, at: float) -> list[Output]:
+        """Upstream speech-to-text ended with an error: one `stt_error` to every connection,
+        then the session's input ends as with `Termination`."""
+        if self.stt_failed or self.ended:
+            return []
+        self.stt_failed = True
+        self.metrics.client_errors_total.inc("stt_error")
+        out: list[Output] = [Publish(out_msg.error("stt_error", message, status=status))]
+        if not self.terminated:
+            self._pending.extend(self.policy.on_termination())
+            self.terminated = True
+        self._drain(at, out)
+        return out
+
+    # ---- upstream stream events --------------------------------------------------------
+
+    def on_sent(self, response_id: str, at: float) -> None:
+        """The reply's request left for the gateway (it got its slot)."""
+        r = self.replies.get(response_id)
+        if r is not None:
+            r.sent_at = at
+            self.metrics.added_latency_ms.observe((at - r.fired_at) * 1000)
+
+    def on_queued(self, response_id: str, wait_s: float) -> list[Output]:
+        """The reply waits `wait_s` for the model's rate window."""
+        r = self.replies.get(response_id)
+        if r is None or r.state is not RS.VISIBLE:
+            return []
+        wait_ms = max(0, round(wait_s * 1000))
+        return [Publish(out_msg.response_queued(r.id, r.turn_order, wait_ms))]
+
+    def on_delta(self, response_id: str, text: str, at: float) -> list[Output]:
+        r = self.replies.get(response_id)
+        if r is None:
+            return []
+        if r.state is RS.VISIBLE:
+            return [self._deliver(r, text, at)]
+        if r.state is RS.HIDDEN:
+            r.held.append(text)
+        return []
+
+    def on_tool_delta(self, response_id: str, delta: Mapping[str, Any]) -> list[Output]:
+        r = self.replies.get(response_id)
+        if r is None or r.state is not RS.VISIBLE:
+            return []
+        return [Publish(out_msg.tool_call_delta(r.id, r.turn_order, delta))]
+
+    def on_request_id(self, response_id: str, request_id: str | None) -> None:
+        r = self.replies.get(response_id)
+        if r is not None and request_id:
+            r.request_id = request_id
+
+    def on_done(self, response_id: str, completion: Completion, at: float) -> list[Output]:
+        return self._ended(response_id, completion, at)
+
+    def on_failed(self, response_id: str, failure: Failure, at: float) -> list[Output]:
+        return self._ended(response_id, failure, at)
+
+    def on_timer(self, key: int, at: float) -> list[Output]:
+        self._timers.discard(key)
+        out: list[Output] = []
+        if not self.ended:
+            self._pending.extend(self.policy.on_format_timeout(key))
+            self._drain(at, out)
+        return out
+
+    # ---- the end ----------------------------------------------------------------------
+
+    def end(self, reason: str, code: int, at: float) -> list[Output]:
+        """End the session: every live reply ends with one terminal (reason `client` or
+        `shutdown`), speculations are dropped, timers cancelled, connections closed."""
+        if self.ended:
+            return []
+        self.ended = self.terminated = True
+        self.closing = True  # the CloseAll below carries this end's code
+        out: list[Output] = []
+        actions = (
+            self.policy.on_shutdown() if reason == "shutdown" else self.policy.on_cancel_request()
+        )
+        self._pending.extend(actions)
+        self._reason_override = reason
+        try:
+            self._drain(at, out)
+            for r in list(self.replies.values()):  # anything the policy no longer tracks
+                self._cancel(r, reason, out)
+            self._drain(at, out)
+        finally:
+            self._reason_override = None
+        for key in sorted(self._timers):
+            out.append(CancelTimer(key))
+        self._timers.clear()
+        out.append(CloseAll(code, "server shutting down" if reason == "shutdown" else ""))
+        return out
+
+    # ---- the action queue -------------------------------------------------------------
+
+    def _drain(self, at: float, out: list[Output]) -> None:
+        """Work off the policy's actions; carrying one out may queue more (never recurses)."""
+        pending = self._pending
+        while pending:
+            a = pending.popleft()
+            if isinstance(a, Fire):
+                self._fire(a, at, out)
+            elif isinstance(a, Start):
+                r = self.replies.get(a.response_id)
+                if r is not None and not r.terminal and not r.streaming and not self.ended:
+                    out.append(self._start(r))
+            elif isinstance(a, Cancel):
+                r = self.replies.get(a.response_id)
+                if r is not None:
+                    self._cancel(r, self._reason_override or a.reason, out)
+            elif isinstance(a, Promote):
+                self._promote(a, at, out)
+            elif isinstance(a, Discard):
+                self._discard(a.response_id, out)
+            elif isinstance(a, ReplaceText):
+                self.conversation.replace_user(a.turn_order, a.text)
+            elif isinstance(a, StartTimer):
+                if not self.ended:
+                    self._timers.add(a.turn_order)
+                    out.append(a)
+        self._sweep_timers(out)
+        if self.terminated and not self.replies and not self.closing:
+            self.closing = True
+            out.append(CloseAll(CLOSE_NORMAL, "session ended"))
+
+    def _sweep_timers(self, out: list[Output]) -> None:
+        """A format timer whose turn fired, was superseded or ended is cancelled now."""
+        if not self._timers:
+            return
+        waiting = None if self.ended else self.policy.waiting_for_format()
+        for key in sorted(self._timers):
+            if key != waiting:
+                self._timers.discard(key)
+                out.append(CancelTimer(key))
+
+    # ---- reply steps ------------------------------------------------------------------
+
+    def _fire(self, a: Fire, at: float, out: list[Output]) -> None:
+        r = Reply(
+            id=a.response_id,
+            turn_order=a.turn_order,
+            text_in=a.text,
+            model=self.config.model,
+            fired_at=at,
+            state=RS.HIDDEN if a.speculative else RS.VISIBLE,
+        )
+        # The request is built now, from the context as it is when the turn fired.
+        r.body = self._request_body(r)
+        self.replies[r.id] = r
+        if a.speculative:
+            self.metrics.speculations_total.inc("started")
+            out.append(self._start(r))
+            return
+        # The stream starts before response.created is queued, so the request goes out
+        # before the writer spends a send on the notice.
+        if not a.queued:
+            out.append(self._start(r))
+        self._show(r, a.text, out)
+
+    def _start(self, r: Reply) -> StartStream:
+        r.streaming = True
+        fallbacks = tuple(str(f["model"]) for f in self.config.fallbacks)
+        return StartStream(r.id, r.body, fallbacks)
+
+    def _show(self, r: Reply, text: str, out: list[Output]) -> None:
+        self.conversation.add_user(r.turn_order, text)
+        self.conversation.start_reply(r.id, r.turn_order)
+        out.append(Publish(out_msg.response_created(r.id, r.turn_order, r.model)))
+
+    def _promote(self, a: Promote, at: float, out: list[Output]) -> None:
+        r = self.replies.get(a.response_id)
+        if r is None or r.terminal:
+            return
+        ended_hidden = r.state is RS.HIDDEN_ENDED
+        r.move(RE.PROMOTE)
+        r.promoted_at = at
+        self.metrics.speculations_total.inc("promoted")
+        self._show(r, a.text, out)
+        if r.held:
+            held = "".join(r.held)
+            r.held.clear()
+            out.append(self._deliver(r, held, at))
+        if ended_hidden and r.outcome is not None:
+            outcome, r.outcome = r.outcome, None
+            self._finish(r, outcome, at, out)
+
+    def _discard(self, response_id: str, out: list[Output]) -> None:
+        r = self.replies.get(response_id)
+        if r is None or r.terminal:
+            return
+        r.move(RE.DISCARD)
+        self.metrics.speculations_total.inc("discarded")
+        if r.streaming:
+            out.append(StopStream(r.id))
+        self.replies.pop(r.id, None)
+
+    def _cancel(self, r: Reply, reason: str, out: list[Output]) -> None:
+        if r.terminal:
+            return
+        visible = r.state is RS.VISIBLE
+        r.move(RE.CANCEL)
+        if r.streaming:
+            out.append(StopStream(r.id))
+        self.replies.pop(r.id, None)
+        self._pending.extend(self.policy.on_response_finished(r.id))
+        if not visible:  # a hidden speculation leaves no trace
+            return
+        delivered = r.delivered_text()
+        self.conversation.finish_reply(r.id, delivered)
+        out.append(
+            Publish(out_msg.response_cancelled(r.id, r.turn_order, reason, delivered))
+        )
+        self.metrics.responses_total.inc("cancelled", reason)
+        self.metrics.cancellations_total.inc(reason)
+        out.append(Log(logging.INFO, "response cancelled", self._ids(r, reason=reason)))
+
+    def _deliver(self, r: Reply, text: str, at: float) -> Publish:
+        if r.first_delta_at is None:
+            r.first_delta_at = at
+            self.metrics.ttft_ms.observe((at - (r.promoted_at or r.fired_at)) * 1000)
+        r.delivered.append(text)
+        return Publish(out_msg.response_delta(r.id, r.turn_order, text))
+
+    def _ended(
+        self, response_id: str, outcome: Completion | Failure, at: float
+    ) -> list[Output]:
+        r = self.replies.get(response_id)
+        if r is None or r.terminal:
+            return []
+        if r.state is RS.HIDDEN:  # kept until the speculation is promoted or discarded
+            r.move(RE.FINISH if isinstance(outcome, Completion) else RE.FAIL)
+            r.outcome = outcome
+            return []
+        out: list[Output] = []
+        self._finish(r, outcome, at, out)
+        self._drain(at, out)
+        return out
+
+    def _finish(
+        self, r: Reply, outcome: Completion | Failure, at: float, out: list[Output]
+    ) -> None:
+        delivered = r.delivered_text()
+        self.conversation.finish_reply(r.id, delivered)
+        self.replies.pop(r.id, None)
+        self._pending.extend(self.policy.on_response_finished(r.id))
+        if isinstance(outcome, Completion):
+            r.move(RE.FINISH)
+            usage = outcome.usage
+            prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+            if isinstance(prompt_tokens, int) and r.prompt_chars:
+                self.conversation.observe_usage(r.prompt_chars, prompt_tokens)
+            request_id = outcome.request_id or r.request_id
+            message = out_msg.response_done(
+                r.id,
+                r.turn_order,
+                text=delivered,
+                finish_reason=outcome.finish_reason,
+                usage=usage,
+                request_id=request_id,
+                timings=r.timings(at),
+                tool_calls=outcome.tool_calls,
+                model=outcome.model,
+            )
+            out.append(Publish(message))
+            self.metrics.responses_total.inc("done", "")
+            out.append(Log(logging.INFO, "response done", self._ids(r, request_id=request_id)))
+        else:
+            r.move(RE.FAIL)
+            message = out_msg.response_failed(
+                r.id, r.turn_order, outcome.code, outcome.status, outcome.message, delivered
+            )
+            out.append(Publish(message))
+            self.metrics.responses_total.inc("failed", outcome.code)
+            fields = self._ids(r, code=outcome.code, status=outcome.status, reason=outcome.message)
+            out.append(Log(logging.WARNING, "response failed", fields))
+
+    # ---- config and history -----------------------------------------------------------
+
+    def _update(self, conn: int, patch: dict[str, Any], out: list[Output]) -> None:
+        """Validate and build the whole new config, then swap it in: a refused update
+        changes nothing."""
+        try:
+            config = self.config.update(patch)
+            wire = config.to_wire()
+            orjson.dumps(wire)  # what session.updated will carry must serialise
+            policy_args = _policy_args(config)
+        except (ConfigError, orjson.JSONEncodeError) as exc:
+            out.extend(self.on_bad_message(conn, "invalid_config", str(exc)[:500]))
+            return
+        self._pending.extend(self.policy.configure(**policy_args))
+        self.config = config
+        ignored = SessionConfig.ignored_fields(patch)
+        out.append(Publish(out_msg.session_updated(self.id, wire, ignored)))
+
+    def _truncate(self, conn: int, m: ResponseTruncate, out: list[Output]) -> None:
+        r = self.replies.get(m.response_id)
+        if r is not None and not r.terminal:
+            out.extend(
+                self.on_bad_message(
+                    conn, "invalid_event", "response.truncate: the response is still streaming"
+                )
+            )
+            return
+        try:
+            self.conversation.truncate_reply(m.response_id, m.text)
+        except (KeyError, ValueError) as exc:
+            out.extend(self.on_bad_message(conn, "invalid_event", f"response.truncate: {exc}"))
+            return
+        out.append(Publish(out_msg.response_truncated(m.response_id, m.text)))
+
+    def _request_body(self, r: Reply) -> dict[str, Any]:
+        body: dict[str, Any] = self.config.request_fields()
+        messages = self.conversation.build_messages(
+            self.config, r.turn_order, current_text=r.text_in
+        )
+        body["messages"] = messages
+        body["stream"] = True
+        r.prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
+        return body
+
+    def _new_policy(self, c: SessionConfig) -> TurnPolicy:
+        return TurnPolicy(**_policy_args(c), new_id=lambda: self._new_id("r_"))
+
+    def _ids(self, r: Reply, **extra: Any) -> dict[str, Any]:
+        return {"response_id": r.id, "turn_order": r.turn_order, **extra}
+
+
+def _policy_args(c: SessionConfig) -> dict[str, Any]:
+    return {
+        "trigger": c.trigger,
+        "on_new_turn": c.on_new_turn,
+        "interrupt_min_words": c.interrupt_min_words,
+        "max_inflight": c.max_inflight,
+        "format_wait_ms": c.format_wait_ms,
+    }
