@@ -34,6 +34,8 @@ ENV = {
     "region": "LLM_GATEWAY_REGION",
     "auth_scheme": "LLM_GATEWAY_AUTH_SCHEME",
     "log_level": "REALTIME_LOG_LEVEL",
+    "write_timeout": "REALTIME_WRITE_TIMEOUT",
+    "max_connections": "REALTIME_MAX_CONNECTIONS",
 }
 
 SERVE_HELP = """\
@@ -163,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
             f"(code gateway_timeout) ({env}; default {default:g})",
         )
     serve.add_argument(
+        "--write-timeout",
+        type=float,
+        default=float(_env_default("write_timeout") or 10.0),
+        metavar="S",
+        help="a WebSocket client that does not accept queued data within S seconds is "
+        "aborted (a viewer is dropped; a participant's live replies are cancelled and their "
+        "gateway slots freed) (REALTIME_WRITE_TIMEOUT; default 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=_int(_env_default("max_connections"), 0),
+        metavar="N",
+        help="WebSocket connections beyond N are refused with 503 over_capacity "
+        "(REALTIME_MAX_CONNECTIONS; default 0 = derived from the open-file limit, which "
+        "serve raises to its hard limit at start, leaving room for upstream sockets)",
+    )
+    serve.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default=os.environ.get("REALTIME_LOOP", "auto"),
@@ -210,10 +230,12 @@ def _auth_tokens(values: list[str] | None) -> tuple[str, ...]:
 async def serve(args: argparse.Namespace) -> int:
     from gateway_client import GatewayClient
     from realtime.core.config import SessionConfig
-    from realtime.server import Server, ServerSettings
+    from realtime.server import Server, ServerSettings, raise_fd_limit
 
     tokens = _auth_tokens(args.auth_token)
     logs.setup(args.log_level, secrets=[args.api_key or "", *tokens])
+    soft, hard = raise_fd_limit()
+    log.info("open-file limit", extra={"fd_soft_limit": soft, "fd_hard_limit": hard})
     emulator = None
     stt_emulator = None
     base_url = args.gateway_url
@@ -247,6 +269,8 @@ async def serve(args: argparse.Namespace) -> int:
         default_config=SessionConfig.from_defaults(model=args.model),
         stt_url=stt_url,
         stt_api_key=api_key,
+        write_timeout_s=args.write_timeout,
+        max_connections=args.max_connections or None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -277,6 +301,8 @@ async def serve(args: argparse.Namespace) -> int:
                 server.port,
                 base_url or "AssemblyAI " + args.region,
                 extra={
+                    "max_connections": server.max_connections,
+                    "write_timeout_s": args.write_timeout,
                     "auth": bool(tokens),
                     "model": args.model,
                     "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -301,6 +327,10 @@ def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for name in ("max_frame_bytes", "max_concurrent"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.write_timeout <= 0:
+        parser.error("--write-timeout must be more than 0 seconds")
+    if args.max_connections < 0:
+        parser.error("--max-connections must be 0 (derived) or more")
     if args.rate_limit < 0:
         parser.error("--rate-limit must be 0 (off) or more")
     for phase in ("connect", "first_token", "idle", "total"):
