@@ -234,8 +234,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     tokens = _auth_tokens(args.auth_token)
     logs.setup(args.log_level, secrets=[args.api_key or "", *tokens])
-    soft, hard = raise_fd_limit()
-    log.info("open-file limit", extra={"fd_soft_limit": soft, "fd_hard_limit": hard})
+    fd_soft, fd_hard = raise_fd_limit()
     emulator = None
     stt_emulator = None
     base_url = args.gateway_url
@@ -301,6 +300,8 @@ async def serve(args: argparse.Namespace) -> int:
                 server.port,
                 base_url or "AssemblyAI " + args.region,
                 extra={
+                    "fd_soft_limit": fd_soft,
+                    "fd_hard_limit": fd_hard,
                     "max_connections": server.max_connections,
                     "write_timeout_s": args.write_timeout,
                     "auth": bool(tokens),

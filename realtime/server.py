@@ -17,6 +17,7 @@ import logging
 import resource
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ VIEWER_SNDBUF = 64 * 1024  # a viewer's kernel send buffer: lag shows early, mem
 FDS_PER_CONNECTION = 2  # its socket, and an upstream speech-to-text socket when it sends audio
 FDS_RESERVED = 128  # listening sockets, the gateway pool's base, logs, /healthz and /metrics
 SHUTDOWN_CLOSE_S = 1.0  # connections not closed by then are aborted
+ENDED_IDS_KEPT = 10_000  # ids of ended sessions remembered (bounded memory)
+ENDED_IDS_TTL_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class Server:
         )
         self.max_connections = settings.max_connections or default_max_connections()
         self.sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, float] = OrderedDict()  # session id -> when it ended
         self.connections: dict[int, Connection] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._admitted = 0  # WebSocket handlers running (upgraded or about to be)
@@ -285,9 +289,19 @@ class Server:
         self.sessions[session.id] = session
 
     def unregister(self, session: Session) -> None:
-        """Only the session that registered an id removes it."""
+        """Only the session that registered an id removes it. The id is remembered for a
+        while, so a late joiner learns the session ended (404) instead of starting anew."""
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+            self._ended[session.id] = time.monotonic()
+            self._ended.move_to_end(session.id)
+            while len(self._ended) > ENDED_IDS_KEPT:
+                self._ended.popitem(last=False)
+
+    def ended_recently(self, session_id: str) -> bool:
+        """Whether a session with this id ended within the last ENDED_IDS_TTL_S seconds."""
+        at = self._ended.get(session_id)
+        return at is not None and time.monotonic() - at < ENDED_IDS_TTL_S
 
     # ---- the write deadline -----------------------------------------------------------
 

@@ -255,7 +255,7 @@ class Session:
         model = str(start.body["model"])
         try:
             on_wait = lambda wait_s: self.run(core.on_queued(rid, wait_s))  # noqa: E731
-            async with self.deps.limiter.slot(model):  # TEMP on_wait
+            async with self.deps.limiter.slot(model, on_wait=on_wait):
                 core.on_sent(rid, now())
                 completion = await self._read(rid, start)
         except asyncio.CancelledError:

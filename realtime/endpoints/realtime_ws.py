@@ -47,7 +47,8 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
     if session_id is not None and not _SESSION_ID.match(session_id):
         return json_error(400, "invalid_request", "session_id must be 1-64 of [A-Za-z0-9_-]")
     existing = server.sessions.get(session_id) if session_id else None
-    if (existing is None and role == "viewer") or (existing is not None and not existing.accepting):
+    gone = existing is None and session_id is not None and server.ended_recently(session_id)
+    if (existing is None and role == "viewer") or gone or (existing and not existing.accepting):
         return json_error(
             404, "no_such_session", "no live session with this id (unknown, ended or expired)"
         )
