@@ -1,71 +1,124 @@
-"""Admission to the gateway: a global cap on concurrent requests and per-model rate windows.
+"""Admission to the gateway: per-model rate windows, then a global cap on concurrent requests.
 
 A request waits here, cancellable, instead of tripping the gateway's 429: a request whose turn
 went stale while it waited is cancelled by its session and is never sent. The per-model limit
 mirrors the gateway's own rule (N requests per model in a 60-second window); the window can
 also be closed early when the gateway reports `X-RateLimit-Remaining: 0`.
+
+The order of the two waits matters. A request first waits in its model's line until the
+model's window lets one more request through, and only then for one of the global slots: a
+rate-limited model holds no slot while it waits, so it never delays the other models. The line
+is first come, first served, and only its head watches the window; when the head passes, it
+records its send time at once (a reservation), so waiters cannot all pass one check. The
+reservation becomes the real send time when the global slot is taken, and is dropped if the
+request is cancelled before that: a cancelled request leaves neither a slot nor a reservation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 WINDOW_S = 60.0
+MAX_MODELS = 1024  # per-model windows kept, least recently used dropped first
 
 
 class RateWindow:
     """A sliding 60-second window of send times for one model (pure; the clock is passed in)."""
 
     def __init__(self, limit: int, window: float = WINDOW_S) -> None:
-        self.limit = limit
+        self.limit = limit  # requests per window; 0 = no limit (only `block_until` holds)
         self.window = window
-        self._sent: deque[float] = deque()
+        self._sent: list[float] = []  # send times still in the window, sorted
         self._blocked_until = 0.0
 
-    def delay(self, now: float) -> float:
-        """Seconds to wait before one more request may be sent (0 = now)."""
-        while self._sent and self._sent[0] <= now - self.window:
-            self._sent.popleft()
-        wait = max(0.0, self._blocked_until - now)
-        if self.limit > 0 and len(self._sent) >= self.limit:
-            wait = max(wait, self._sent[0] + self.window - now)
-        return wait
+    def delay(self, now: float, ahead: int = 0) -> float:
+        """Seconds to wait before one more request may be sent (0 = now).
+
+        With `ahead` requests in line before it, each sent as early as the window allows:
+        the estimate a queued request is told (`Limiter.slot`'s `on_wait`).
+        """
+        self._expire(now)
+        when = max(now, self._blocked_until)
+        if self.limit <= 0:
+            return when - now
+        times = self._sent[-self.limit :]  # only the newest `limit` sends decide
+        for _ in range(ahead + 1):
+            if len(times) >= self.limit:
+                # One more may go once the limit-th newest send has left the window.
+                when = max(when, times[-self.limit] + self.window)
+            times.append(when)
+        return when - now
 
     def record(self, now: float) -> None:
+        """A request is sent (or reserved to be sent) at `now`."""
         if self.limit > 0:
-            self._sent.append(now)
+            insort(self._sent, now)
+
+    def forget(self, when: float) -> None:
+        """Drop one send recorded at `when` (a reservation that was never sent), if present."""
+        i = bisect_left(self._sent, when)
+        if i < len(self._sent) and self._sent[i] == when:
+            del self._sent[i]
+
+    def count(self, now: float) -> int:
+        """Sends and reservations in the window at `now`."""
+        self._expire(now)
+        return len(self._sent)
 
     def block_until(self, when: float) -> None:
         """The gateway said the window is spent: hold requests until `when`."""
         self._blocked_until = max(self._blocked_until, when)
 
+    def _expire(self, now: float) -> None:
+        del self._sent[: bisect_right(self._sent, now - self.window)]
+
+
+@dataclass(eq=False, slots=True)
+class _Model:
+    """One model's window and the line of requests waiting for it."""
+
+    window: RateWindow
+    line: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO; its holder is the head
+    queued: int = 0  # requests in the line, the head included
+    users: int = 0  # requests between entering the line and being sent (or cancelled)
+
 
 class Limiter:
-    """Global concurrency cap plus per-model rate windows, shared by all sessions."""
+    """Per-model rate windows plus a global concurrency cap, shared by all sessions."""
 
     def __init__(
         self,
         *,
         max_concurrent: int = 512,
         per_model_per_minute: int = 0,
+        max_models: int = MAX_MODELS,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        if max_models < 1:
+            raise ValueError("max_models must be >= 1")
         self.max_concurrent = max_concurrent
         self.per_model_per_minute = per_model_per_minute
+        self.max_models = max_models
         self._sem = asyncio.Semaphore(max_concurrent)
-        self._windows: dict[str, RateWindow] = {}
+        self._models: OrderedDict[str, _Model] = OrderedDict()  # least recently used first
         self._clock = clock
+        self._sleep = sleep
         self.in_flight = 0
 
+    @property
+    def models(self) -> list[str]:
+        """The models with a window kept, least recently used first."""
+        return list(self._models)
+
     def window(self, model: str) -> RateWindow:
-        w = self._windows.get(model)
-        if w is None:
-            w = self._windows[model] = RateWindow(self.per_model_per_minute)
-        return w
+        return self._model(model).window
 
     def gateway_said(self, model: str, remaining: str | None, reset: str | None) -> None:
         """Feed the gateway's X-RateLimit-* headers; a spent window holds requests until reset."""
@@ -83,16 +136,81 @@ class Limiter:
         self.window(model).block_until(now + max(0.0, min(delay, WINDOW_S)))
 
     @asynccontextmanager
-    async def slot(self, model: str) -> AsyncIterator[None]:
-        """Hold one gateway request slot for `model` for the duration of the block."""
-        window = self.window(model)
-        async with self._sem:
-            # Check the window after taking a slot, so waiters cannot all pass one check at once.
-            while (wait := window.delay(self._clock())) > 0:
-                await asyncio.sleep(wait)
-            window.record(self._clock())
-            self.in_flight += 1
+    async def slot(
+        self, model: str, *, on_wait: Callable[[float], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold one gateway request slot for `model` for the duration of the block.
+
+        Waits first in `model`'s line for its rate window, then for a global slot. If the
+        request must wait for the window, `on_wait` is called once with the expected wait in
+        seconds (before waiting; or, if the window closes while it is in line, when it does).
+        Cancelled while waiting, the request takes no slot and leaves no reservation.
+        """
+        entry = self._model(model)
+        if on_wait is not None:
+            expected = entry.window.delay(self._clock(), ahead=entry.queued)
+            if expected > 0:
+                on_wait(expected)
+                on_wait = None
+        entry.users += 1
+        try:
+            reserved = await self._wait_in_line(entry, on_wait)
             try:
-                yield
-            finally:
-                self.in_flight -= 1
+                await self._sem.acquire()
+            except BaseException:
+                entry.window.forget(reserved)
+                raise
+            entry.window.forget(reserved)  # the reservation becomes the real send time
+            entry.window.record(self._clock())
+        finally:
+            entry.users -= 1
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._sem.release()
+
+    async def _wait_in_line(self, entry: _Model, on_wait: Callable[[float], None] | None) -> float:
+        """Wait for the model's window, behind earlier requests; reserve a send; return its time."""
+        entry.queued += 1
+        try:
+            async with entry.line:
+                # The window can close again while the head sleeps (the gateway's headers).
+                while (wait := entry.window.delay(self._clock())) > 0:
+                    if on_wait is not None:
+                        on_wait(wait)
+                        on_wait = None
+                    await self._sleep(wait)
+                now = self._clock()
+                entry.window.record(now)
+                return now
+        finally:
+            entry.queued -= 1
+
+    def _model(self, model: str) -> _Model:
+        entry = self._models.get(model)
+        if entry is not None:
+            self._models.move_to_end(model)
+            return entry
+        entry = self._models[model] = _Model(RateWindow(self.per_model_per_minute))
+        self._evict(keep=model)
+        return entry
+
+    def _evict(self, *, keep: str) -> None:
+        """Drop the least recently used windows beyond `max_models`.
+
+        A model with requests in line or reserved is kept (dropping it would let its next
+        request skip the line), so the map exceeds the bound only by such models.
+        """
+        excess = len(self._models) - self.max_models
+        if excess <= 0:
+            return
+        idle: list[str] = []
+        for name, entry in self._models.items():
+            if len(idle) == excess:
+                break
+            if entry.users == 0 and name != keep:
+                idle.append(name)
+        for name in idle:
+            del self._models[name]
