@@ -44,6 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
 from realtime.audio import FRAME_MS, Framer
+from realtime.core.errors import UpstreamError
 
 PACE_SLACK_S = 0.1  # how far audio may run ahead of real time (catch-up after connect)
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def build_url(base_url: str, params: SttParams, token: str | None = None) -> str
 # --- errors -----------------------------------------------------------------------------------
 
 
-class SttError(Exception):
+class SttError(UpstreamError):
     """A speech-to-text failure: `code` (close code, error code or HTTP status; None when the
     connection could not be made), a `message` from the service, and whether a retry may help.
     `frame` is the service's Error message when there was one."""

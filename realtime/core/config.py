@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from realtime.core.errors import ClientFault
+
 __all__ = [
     "FORMATS",
     "MAX_INSTRUCTIONS_CHARS",
@@ -70,8 +72,11 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ClientFault, ValueError):
     """An invalid config value. The message starts with the field name: `max_tokens: ...`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_config", message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from realtime.core.errors import ClientFault
 from realtime.core.turns import TurnEvent
 
 MAX_FRAME_DEPTH = 1024  # nested arrays/objects in one frame; orjson >= 3.9.15 has the same bound
@@ -36,13 +37,8 @@ _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
 
 
-class ProtocolError(Exception):
-    """Bad client input; `code` is the wire error code. The session goes on."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ProtocolError(ClientFault):
+    """A client frame that cannot be used; `code` is the wire error code. The session goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +178,7 @@ def _turn(obj: dict[str, Any]) -> TurnMessage:
     )
 
 
-def _too_deep(data: str | bytes) -> bool:
+def too_deep(data: str | bytes) -> bool:
     """True if the frame nests arrays/objects deeper than MAX_FRAME_DEPTH.
 
     Brackets inside strings do not count. A frame with few brackets (nearly every one) is
@@ -204,7 +200,7 @@ def _too_deep(data: str | bytes) -> bool:
 
 def parse_client_frame(data: str | bytes) -> ClientMessage:
     """Parse one text frame from a participant. Raises ProtocolError on bad input."""
-    if _too_deep(data):
+    if too_deep(data):
         raise ProtocolError("invalid_json", f"frame is nested deeper than {MAX_FRAME_DEPTH} levels")
     try:
         obj = orjson.loads(data)

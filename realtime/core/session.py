@@ -484,7 +484,10 @@ class SessionCore:
             wire = config.to_wire()
             orjson.dumps(wire)  # what session.updated will carry must serialise
             policy_args = _policy_args(config)
-        except (ConfigError, orjson.JSONEncodeError) as exc:
+        except ConfigError as exc:
+            out.extend(self.on_bad_message(conn, exc.code, exc.message[:500]))
+            return
+        except orjson.JSONEncodeError as exc:
             out.extend(self.on_bad_message(conn, "invalid_config", str(exc)[:500]))
             return
         self._pending.extend(self.policy.configure(**policy_args))

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from realtime.connection import Connection
-from realtime.core.inbound import ProtocolError, parse_client_frame
+from realtime.core.errors import ClientFault
+from realtime.core.inbound import parse_client_frame
 from realtime.relay import AudioRelay, params_from_query
 from realtime.server import json_error, shrink_send_buffer
 from realtime.session import Session, new_id
@@ -109,7 +110,7 @@ async def _read(
             else:
                 try:
                     message = parse_client_frame(frame.data)
-                except ProtocolError as exc:
+                except ClientFault as exc:
                     session.refuse(conn, exc.code, exc.message)
                 else:
                     session.handle(conn, message, received_at)
