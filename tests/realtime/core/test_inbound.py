@@ -18,6 +18,7 @@ from realtime.core.inbound import (
     Termination,
     TurnMessage,
     parse_client_frame,
+    too_deep,
 )
 from realtime.core.turns import TurnEvent
 
@@ -209,6 +210,14 @@ def test_deeper_than_1024_levels_is_invalid_json(kind, depth):
     assert (err.code, err.message) == ("invalid_json", "frame is nested deeper than 1024 levels")
     assert refused(data.decode()).code == "invalid_json"  # a text frame as str
     assert refused(kind * depth).code == "invalid_json"  # unclosed: never valid anyway
+
+
+def test_too_deep_is_usable_on_any_json_text_before_orjson():
+    assert not too_deep(b"[" * MAX_FRAME_DEPTH + b"]" * MAX_FRAME_DEPTH)
+    assert too_deep(b"[" * (MAX_FRAME_DEPTH + 1))
+    assert too_deep("{" * (MAX_FRAME_DEPTH + 1))
+    assert not too_deep('"' + "[" * 5000 + '"')  # inside a string
+    assert not too_deep(b"[]" * 5000)  # many brackets, shallow
 
 
 def test_a_frame_of_one_mib_of_brackets_is_invalid_json():
