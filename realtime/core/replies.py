@@ -136,11 +136,14 @@ class Reply:
 
     def timings(self, end: float) -> dict[str, float]:
         """The `timings` of response.done, in milliseconds."""
-        origin = self.promoted_at or self.fired_at
-        head_start = (self.promoted_at - self.fired_at) * 1000 if self.promoted_at else 0.0
+        promoted = self.promoted_at is not None
+        origin = self.promoted_at if self.promoted_at is not None else self.fired_at
+        head_start = (origin - self.fired_at) * 1000 if promoted else 0.0
+        sent = self.sent_at if self.sent_at is not None else end
+        first = self.first_delta_at if self.first_delta_at is not None else end
         return {
-            "queued_ms": round(((self.sent_at or end) - self.fired_at) * 1000, 3),
-            "ttft_ms": round(((self.first_delta_at or end) - origin) * 1000, 3),
+            "queued_ms": round((sent - self.fired_at) * 1000, 3),
+            "ttft_ms": round((first - origin) * 1000, 3),
             "total_ms": round((end - origin) * 1000, 3),
             "speculative_head_start_ms": round(head_start, 3),
         }

@@ -417,7 +417,8 @@ class SessionCore:
     def _deliver(self, r: Reply, text: str, at: float) -> Publish:
         if r.first_delta_at is None:
             r.first_delta_at = at
-            self.metrics.ttft_ms.observe((at - (r.promoted_at or r.fired_at)) * 1000)
+            origin = r.promoted_at if r.promoted_at is not None else r.fired_at
+            self.metrics.ttft_ms.observe((at - origin) * 1000)
         r.delivered.append(text)
         return Publish(out_msg.response_delta(r.id, r.turn_order, text))
 
