@@ -62,6 +62,9 @@ class ServerSettings:
     # Upstream speech-to-text for audio (binary frames, /v3/ws); None: audio is refused.
     stt_url: str | None = None
     stt_api_key: str | None = None
+    # /v3/ws clients that pass no `llm_gateway` get the server's default model and preset
+    # (for clients that cannot pass it, e.g. Pipecat); False: they get speech-to-text only.
+    v3_default_llm: bool = False
     default_config: SessionConfig = field(default_factory=SessionConfig)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from gateway_client import GatewayError, GatewayTimeout
 from realtime.connection import CLOSE_POLICY, Connection
 from realtime.core.config import SessionConfig
-from realtime.core.inbound import ClientMessage
+from realtime.core.inbound import ClientMessage, Termination
 from realtime.core.outbound import Outbound
 from realtime.core.replies import Completion, Failure
 from realtime.core.session import (
@@ -91,6 +91,9 @@ class Session:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.relay: Relay | None = None
+        # False: speech-to-text only (a /v3/ws client that asked for no LLM replies); turns
+        # then fire nothing and only the end of input reaches the core.
+        self.llm = True
         self.log = ContextLogger(log, {"session_id": session_id})
 
     @property
@@ -191,7 +194,7 @@ class Session:
         """A speech-to-text message from upstream: clients see it verbatim, then it drives
         the session exactly as a client-sent event does."""
         self._publish(message)
-        if parsed is not None:
+        if parsed is not None and (self.llm or isinstance(parsed, Termination)):
             self.run(self.core.on_message(RELAY_CONN, parsed, now()))
 
     def stt_failed(self, status: int | str | None, message: str) -> None:

@@ -192,10 +192,14 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
     except ConfigError as exc:
         return _http_error(400, str(exc))
     stream_llm = request.query.get("stream_llm", "").lower() == "true"
+    # As AssemblyAI does: LLM replies only for a client that asked for them with
+    # `llm_gateway` (or `stream_llm`), unless the operator applies the default model.
+    llm = "llm_gateway" in request.query or stream_llm or server.settings.v3_default_llm
     url = server.settings.stt_url
     assert url is not None
     async with server.handler():
         session = Session(new_id("s_"), server.deps, config)
+        session.llm = llm
         server.register(session)
         try:
             async with session.running():
