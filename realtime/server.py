@@ -65,6 +65,8 @@ class ServerSettings:
     # /v3/ws clients that pass no `llm_gateway` get the server's default model and preset
     # (for clients that cannot pass it, e.g. Pipecat); False: they get speech-to-text only.
     v3_default_llm: bool = False
+    # With auth on, /metrics needs a token too unless this is set (/healthz never does).
+    public_metrics: bool = False
     default_config: SessionConfig = field(default_factory=SessionConfig)
 
 

@@ -27,6 +27,13 @@ def routes(server: Server) -> list[web.RouteDef]:
         return web.Response(body=b'{"status":"ready"}', content_type="application/json")
 
     async def metrics(request: web.Request) -> web.Response:
+        if not server.settings.public_metrics and not server.authorized(request):
+            return json_error(
+                401,
+                "unauthorized",
+                "a valid auth token is required for /metrics",
+                **{"WWW-Authenticate": "Bearer"},
+            )
         return web.Response(
             text=server.metrics.render(),
             content_type="text/plain",
