@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from realtime.core.config import SessionConfig
@@ -111,13 +111,29 @@ class Conversation:
         entry = self._entries.get(("a", response_id))
         return None if entry is None else entry.text
 
-    def history(self) -> list[dict[str, object]]:
-        """Every finished entry, oldest first (for a viewer's `session.created`)."""
-        return [
-            {"turn_order": e.turn_order, "role": e.role, "text": e.text}
-            for e in self._entries.values()
-            if e.finished and e.text
-        ]
+    def history(self, live: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+        """Every finished entry, oldest first, for a joining connection's `session.created`.
+
+        `live` maps the response_id of each reply still streaming to its text so far: those
+        replies are listed in their place with `"status": "in_progress"`, so a late joiner's
+        text plus the deltas that follow adds up to the reply's `response.done` text.
+        """
+        out: list[dict[str, object]] = []
+        for key, e in self._entries.items():
+            if e.finished:
+                if e.text:
+                    out.append({"turn_order": e.turn_order, "role": e.role, "text": e.text})
+            elif live is not None and key[0] == "a" and key[1] in live:
+                out.append(
+                    {
+                        "turn_order": e.turn_order,
+                        "role": "assistant",
+                        "response_id": key[1],
+                        "text": live[str(key[1])],
+                        "status": "in_progress",
+                    }
+                )
+        return out
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -163,8 +163,11 @@ class SessionCore:
 
     def join(self, conn: int, role: str) -> list[Output]:
         """The `session.created` of a new connection, with the history so far."""
+        live = {
+            r.id: r.delivered_text() for r in self.replies.values() if r.state is RS.VISIBLE
+        }
         created = out_msg.session_created(
-            self.id, role, self.config.to_wire(), self.conversation.history()
+            self.id, role, self.config.to_wire(), self.conversation.history(live)
         )
         return [SendTo(conn, created)]
 
