@@ -46,7 +46,9 @@ class Connection:
         role: str,
         limit: int,
         close_timeout: float = 1.0,
+        endpoint: str = "/v1/realtime",
     ) -> None:
+        self.endpoint = endpoint
         self.ws = ws
         self.transport = request.transport
         self.id = conn_id
@@ -127,14 +129,28 @@ class Connection:
 
     # ---- the runner -------------------------------------------------------------------
 
-    async def serve(self, read: Callable[[], Awaitable[None]]) -> None:
+    async def serve(self, read: Callable[[], Awaitable[None]], *, session_id: str = "") -> None:
         """Run the writer and the endpoint's `read` loop until the connection ends."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._write())
-            try:
-                await read()
-            finally:
-                self.close(CLOSE_NORMAL)
+        ids = {"session_id": session_id, "role": self.role, "endpoint": self.endpoint}
+        log.info("connection opened", extra=ids)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._write())
+                try:
+                    await read()
+                finally:
+                    self.close(CLOSE_NORMAL)
+        finally:
+            how = "aborted" if self.aborted else "dropped" if self.dropped else "closed"
+            log.info(
+                "connection closed",
+                extra={
+                    **ids,
+                    "close_code": None if self.aborted else self.ws.close_code,
+                    "close_reason": self._close_reason or how,
+                    "how": how,
+                },
+            )
 
     async def _write(self) -> None:
         ws, queue = self.ws, self._queue

@@ -116,7 +116,8 @@ class Session:
         metrics = self.deps.metrics
         metrics.sessions_active.add(1)
         metrics.sessions_total.inc()
-        self.log.info("session opened")
+        started = time.monotonic()
+        self.log.info("session opened", extra={"model": self.config.model})
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -130,7 +131,16 @@ class Session:
                 handle.cancel()
             self._timers.clear()
             metrics.sessions_active.add(-1)
-            self.log.info("session closed")
+            core = self.core
+            self.log.info(
+                "session closed",
+                extra={
+                    "duration_s": round(time.monotonic() - started, 3),
+                    "turns": core.turns_fired,
+                    "replies": dict(core.outcomes),
+                    "close_reason": core.end_reason or "client",
+                },
+            )
 
     def end(self, reason: str, close_code: int) -> None:
         """End the session: one terminal per live reply, every connection closed."""
@@ -265,6 +275,17 @@ class Session:
             raise
         except GatewayError as exc:
             self.deps.metrics.gateway_errors_total.inc(str(exc.status or type(exc).__name__))
+            self.log.warning(
+                "gateway request failed",
+                extra={
+                    "response_id": rid,
+                    "model": model,
+                    "status": exc.status,
+                    "error_type": type(exc).__name__,
+                    "reason": str(exc.message)[:300],
+                    "request_id": exc.request_id,
+                },
+            )
             self.run(core.on_failed(rid, _failure(exc), now()))
         except Exception:  # a bug must still end the reply with a terminal
             self.log.exception("response task crashed", extra={"response_id": rid})
@@ -314,8 +335,14 @@ class Session:
                 self.deps.metrics.gateway_errors_total.inc(str(exc.status or type(exc).__name__))
                 self.log.warning(
                     "gateway request failed; trying the next model",
-                    extra={"response_id": rid, "model": model, "status": exc.status,
-                           "reason": str(exc)[:200]},
+                    extra={
+                        "response_id": rid,
+                        "model": model,
+                        "status": exc.status,
+                        "error_type": type(exc).__name__,
+                        "reason": str(exc.message)[:300],
+                        "request_id": exc.request_id,
+                    },
                 )
         return Completion(
             finish_reason=getattr(result, "finish_reason", None),

@@ -64,6 +64,7 @@ __all__ = [
     "StopStream",
 ]
 
+_ERRORS_LOGGED_IN_FULL = 5  # per error code and session; then every hundredth
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # server shutdown only
 
@@ -153,6 +154,10 @@ class SessionCore:
         self._timers: set[int] = set()
         self._pending: deque[Action] = deque()
         self._reason_override: str | None = None
+        self.end_reason = ""  # why the session ended: termination, client, shutdown, ...
+        self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "failed": 0}
+        self.turns_fired = 0
+        self._errors_logged: dict[str, int] = {}
 
     @property
     def accepting(self) -> bool:
@@ -196,9 +201,17 @@ class SessionCore:
         return out
 
     def on_bad_message(self, conn: int, code: str, message: str) -> list[Output]:
-        """Bad input from one connection: an error to it, and the session goes on."""
+        """Bad input from one connection: an error to it, and the session goes on. Logged
+        the first few times per code, then every hundredth (a client in a loop must not
+        flood the log)."""
         self.metrics.client_errors_total.inc(code)
-        return [SendTo(conn, out_msg.error(code, message))]
+        out: list[Output] = [SendTo(conn, out_msg.error(code, message))]
+        seen = self._errors_logged.get(code, 0) + 1
+        self._errors_logged[code] = seen
+        if seen <= _ERRORS_LOGGED_IN_FULL or seen % 100 == 0:
+            fields = {"code": code, "reason": message[:200], "occurrence": seen}
+            out.append(Log(logging.INFO, "client error", fields))
+        return out
 
     def on_stt_failed(self, status: int | str | None, message: str, at: float) -> list[Output]:
         """Upstream speech-to-text ended with an error: one `stt_error` to every connection,
@@ -274,6 +287,7 @@ class SessionCore:
         if self.ended:
             return []
         self.ended = self.terminated = True
+        self.end_reason = self.end_reason or reason
         self.closing = True  # the CloseAll below carries this end's code
         out: list[Output] = []
         actions = (
@@ -324,6 +338,7 @@ class SessionCore:
         self._sweep_timers(out)
         if self.terminated and not self.replies and not self.closing:
             self.closing = True
+            self.end_reason = "stt_error" if self.stt_failed else "termination"
             out.append(CloseAll(CLOSE_NORMAL, "session ended"))
 
     def _sweep_timers(self, out: list[Output]) -> None:
@@ -347,6 +362,8 @@ class SessionCore:
             fired_at=at,
             state=RS.HIDDEN if a.speculative else RS.VISIBLE,
         )
+        if not a.speculative:
+            self.turns_fired += 1
         # The request is built now, from the context as it is when the turn fired.
         r.body = self._request_body(r)
         self.replies[r.id] = r
@@ -377,6 +394,7 @@ class SessionCore:
         ended_hidden = r.state is RS.HIDDEN_ENDED
         r.move(RE.PROMOTE)
         r.promoted_at = at
+        self.turns_fired += 1
         self.metrics.speculations_total.inc("promoted")
         self._show(r, a.text, out)
         if r.held:
@@ -414,6 +432,7 @@ class SessionCore:
             Publish(out_msg.response_cancelled(r.id, r.turn_order, reason, delivered))
         )
         self.metrics.responses_total.inc("cancelled", reason)
+        self.outcomes["cancelled"] += 1
         self.metrics.cancellations_total.inc(reason)
         out.append(Log(logging.INFO, "response cancelled", self._ids(r, reason=reason)))
 
@@ -467,6 +486,7 @@ class SessionCore:
             )
             out.append(Publish(message))
             self.metrics.responses_total.inc("done", "")
+            self.outcomes["done"] += 1
             out.append(Log(logging.INFO, "response done", self._ids(r, request_id=request_id)))
         else:
             r.move(RE.FAIL)
@@ -475,6 +495,7 @@ class SessionCore:
             )
             out.append(Publish(message))
             self.metrics.responses_total.inc("failed", outcome.code)
+            self.outcomes["failed"] += 1
             fields = self._ids(r, code=outcome.code, status=outcome.status, reason=outcome.message)
             out.append(Log(logging.WARNING, "response failed", fields))
 

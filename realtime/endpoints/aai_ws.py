@@ -211,6 +211,7 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
                     role="participant",
                     limit=server.deps.participant_queue,
                     stream_llm=stream_llm,
+                    endpoint="/v3/ws",
                 )
                 server.add_connection(conn)
                 try:
@@ -220,7 +221,7 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
                     )
                     session.relay = relay
                     try:
-                        await conn.serve(lambda: _read(ws, conn, relay))
+                        await conn.serve(lambda: _read(ws, conn, relay), session_id=session.id)
                     finally:
                         session.detach(conn)
                 finally:

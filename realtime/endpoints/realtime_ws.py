@@ -79,10 +79,12 @@ async def _attached(
     try:
         if not session.attach(conn):  # it ended while this connection was upgrading
             conn.close(1000, "session ended")
-            await conn.serve(_nothing)
+            await conn.serve(_nothing, session_id=session.id)
             return
         try:
-            await conn.serve(lambda: _read(server, ws, conn, session, request.query))
+            await conn.serve(
+                lambda: _read(server, ws, conn, session, request.query), session_id=session.id
+            )
         finally:
             session.detach(conn)
     finally:
