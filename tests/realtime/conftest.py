@@ -27,7 +27,16 @@ from realtime.emulators.stt import SttEmulator
 from realtime.server import Server, ServerSettings
 
 RELEASE_DEADLINE_S = 5.0  # how long releasing may take once the clients are gone
-_INVARIANT_FAILED = pytest.StashKey[bool]()
+_INVARIANT_FAILED = pytest.StashKey[bool]()  # a fixture already reported what was left
+_CALL_FAILED = pytest.StashKey[bool]()  # the test itself failed
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_CALL_FAILED] = True
+    return report
 
 
 @pytest.fixture
@@ -162,11 +171,18 @@ def serve(
 
 @pytest.fixture(autouse=True)
 async def _no_task_outlives_the_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """After every test (and all its fixtures), the loop runs no task the test brought."""
+    """After every test (and all its fixtures), the loop runs no task the test brought.
+
+    Not checked when the test or a fixture's invariant already failed: what it left is then
+    part of that failure, and reported there.
+    """
     before = snapshot_tasks()
     yield
+    stash = request.node.stash
+    if stash.get(_CALL_FAILED, False) or stash.get(_INVARIANT_FAILED, False):
+        return
     left = await wait_released(
         None, baseline_tasks=before, deadline=RELEASE_DEADLINE_S, phase="after the test"
     )
-    if not left.clean and not request.node.stash.get(_INVARIANT_FAILED, False):
+    if not left.clean:
         raise AssertionError("a task outlived its test:\n" + left.describe())

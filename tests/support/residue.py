@@ -53,7 +53,7 @@ class Leftovers:
     """What was still held when the deadline passed (or nothing, when `clean`)."""
 
     phase: str
-    counters: dict[str, int] = field(default_factory=dict)  # only the non-zero ones
+    counters: dict[str, int] = field(default_factory=dict)  # only the ones off their mark
     tasks: list[str] = field(default_factory=list)  # one description per leftover task
     waited_s: float = 0.0
 
@@ -64,12 +64,17 @@ class Leftovers:
     def describe(self) -> str:
         if self.clean:
             return f"{self.phase}: released everything (after {self.waited_s:.2f} s)"
-        lines = [f"{self.phase}: still held after {self.waited_s:.1f} s:"]
-        for name, value in self.counters.items():
-            lines.append(f"  {name} = {value} (must be 0)")
+        lines = [f"{self.phase}: still held after {self.waited_s:.1f} s (all must be 0):"]
+        lines.extend(f"  {name} = {value}" for name, value in self.counters.items())
         if self.tasks:
             lines.append(f"  {len(self.tasks)} task(s) that did not exist before remain:")
-            lines.extend(f"    {t}" for t in self.tasks)
+            groups: dict[str, list[str]] = {}
+            for task in self.tasks:
+                name, _, what = task.partition(": ")
+                groups.setdefault(what, []).append(name)
+            for what, names in sorted(groups.items(), key=lambda g: -len(g[1])):
+                shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                lines.append(f"    {len(names)} x {what}  ({shown})")
         return "\n".join(lines)
 
 
