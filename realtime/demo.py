@@ -4,7 +4,15 @@ Starts the local LLM Gateway emulator and the service, then replays a bundled co
 (AssemblyAI v3 events: partials, unformatted and formatted finals, pauses, one barge-in)
 through a real WebSocket client, printing each user turn and the reply as it streams, with
 its time to first token. Exits 0 when every response ended with one terminal message and the
-barge-in cancelled the reply it interrupted.
+barge-in cut the reply it interrupted; otherwise it says what went wrong and exits 1.
+
+The barge-in: the user speaks again after hearing the first words of a long reply. If the
+reply is still streaming when the service hears it, the service cancels it (`interrupted`).
+If the reply had already arrived in full (with `--token-delay 0` the emulator sends a whole
+reply in one burst, faster than the client can answer its first words), there is nothing left
+to cancel, and the client does what a voice client does for a reply it stopped playing: it
+sends `response.truncate` with the words the user heard, so the history keeps only those.
+Either way the reply is cut where the user spoke; which one happens depends only on timing.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ class Printer:
         self.open_reply: str | None = None
         self.turn_sent: dict[int, float] = {}
         self.terminals: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}  # response_id -> why it was cancelled
+        self.truncated: dict[str, str] = {}  # response_id -> the text the history keeps
         self.created: list[str] = []
         self.deltas = 0
 
@@ -75,6 +85,7 @@ class Printer:
             )
         elif kind == "response.cancelled":
             self.terminals[m["response_id"]] = "cancelled"
+            self.reasons[m["response_id"]] = m.get("reason", "")
             self._close_line()
             words = len(m.get("delivered_text", "").split())
             self.write(f"        [{m['reason']}: the user spoke again after {words} words]\n")
@@ -82,17 +93,55 @@ class Printer:
             self.terminals[m["response_id"]] = "failed"
             self._close_line()
             self.write(f"        [failed: {m['error'].get('message')}]\n")
+        elif kind == "response.truncated":
+            self.truncated[m["response_id"]] = m.get("text", "")
+            self._close_line()
+            words = len(m.get("text", "").split())
+            self.write(
+                f"        [the user spoke again after {words} words; the reply had already "
+                "arrived: truncated to what was heard]\n"
+            )
         elif kind == "error":
             self._close_line()
             self.write(f"  error {m['error']}\n")
 
 
-async def replay(url: str, script: list[dict[str, Any]], speed: float, printer: Printer) -> None:
+class BargeIn:
+    """The reply the user spoke over, and what they had heard of it by then."""
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.heard = ""
+        self.truncate_sent = False
+
+
+async def replay(
+    url: str,
+    script: list[dict[str, Any]],
+    speed: float,
+    printer: Printer,
+    barge: BargeIn | None = None,
+) -> None:
+    barge = barge if barge is not None else BargeIn()
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
         created = orjson.loads((await ws.receive()).data)
         printer.write(f"session {created['session_id']} (model {created['session']['model']})\n")
+        sending = asyncio.Lock()  # the script and the reader both send
+
+        async def send(message: dict[str, Any]) -> None:
+            async with sending:
+                await ws.send_str(orjson.dumps(message).decode())
+
+        async def truncate_if_finished() -> None:
+            """A reply the user spoke over that had already ended `done`: keep what was heard."""
+            rid = barge.response_id
+            if rid is None or barge.truncate_sent or printer.terminals.get(rid) != "done":
+                return
+            barge.truncate_sent = True
+            await send({"type": "response.truncate", "response_id": rid, "text": barge.heard})
+
         # Reply to the formatted final: the demo shows punctuated text.
-        await ws.send_str('{"type":"session.update","session":{"trigger":"formatted"}}')
+        await send({"type": "session.update", "session": {"trigger": "formatted"}})
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def read() -> None:
@@ -101,13 +150,18 @@ async def replay(url: str, script: list[dict[str, Any]], speed: float, printer: 
                     m = orjson.loads(frame.data)
                     printer.on_message(m)
                     inbox.put_nowait(m)
+                    if m.get("type") == "response.done":
+                        await truncate_if_finished()
 
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(read())
             turn = -1
             for step in script:
                 if "wait_for" in step:
-                    await _wait(inbox, step, turn)
+                    heard = await _wait(inbox, step, turn)
+                    if heard is not None:  # the user speaks again after hearing this much
+                        barge.response_id, barge.heard = heard
+                        await truncate_if_finished()
                     await asyncio.sleep(step.get("then_ms", 0) / 1000 / speed)
                     continue
                 await asyncio.sleep(step.get("delay_ms", 0) / 1000 / speed)
@@ -115,13 +169,18 @@ async def replay(url: str, script: list[dict[str, Any]], speed: float, printer: 
                 if event.get("type") == "Turn" and event.get("turn_is_formatted"):
                     turn = event["turn_order"]
                     printer.user(turn, event["transcript"])
-                await ws.send_str(orjson.dumps(event).decode())
+                await send(event)
             await reader  # the server closes with 1000 once the last reply has finished
 
 
-async def _wait(inbox: asyncio.Queue[dict[str, Any]], step: dict[str, Any], turn: int) -> None:
-    """Wait for the reply to turn `turn` to end, or for `count` of its deltas."""
-    seen = 0
+async def _wait(
+    inbox: asyncio.Queue[dict[str, Any]], step: dict[str, Any], turn: int
+) -> tuple[str, str] | None:
+    """Wait for the reply to turn `turn` to end, or for `count` of its deltas.
+
+    For `deltas`, returns the reply's id and the text of those deltas (what the user heard).
+    """
+    seen: list[str] = []
     while True:
         m = await inbox.get()
         if m.get("turn_order") != turn:
@@ -131,11 +190,40 @@ async def _wait(inbox: asyncio.Queue[dict[str, Any]], step: dict[str, Any], turn
             "response.cancelled",
             "response.failed",
         ):
-            return
+            return None
         if step["wait_for"] == "deltas" and m["type"] == "response.delta":
-            seen += 1
-            if seen >= step.get("count", 1):
-                return
+            seen.append(m["delta"])
+            if len(seen) >= step.get("count", 1):
+                return m["response_id"], "".join(seen)
+
+
+def verdict(printer: Printer, barge: BargeIn) -> list[str]:
+    """What went wrong in the run, one phrase each (empty: the demo is OK)."""
+    problems = []
+    missing = [rid for rid in printer.created if rid not in printer.terminals]
+    if missing:
+        problems.append(f"{len(missing)} replies never ended ({', '.join(missing)})")
+    failed = [rid for rid, how in printer.terminals.items() if how == "failed"]
+    if failed:
+        problems.append(f"{len(failed)} replies failed")
+    if len(printer.created) < 5:
+        problems.append(f"only {len(printer.created)} of 5 turns got a reply")
+    rid = barge.response_id
+    cancelled = [r for r, how in printer.terminals.items() if how == "cancelled"]
+    if rid is None:
+        problems.append("the script's barge-in never came")
+    elif printer.terminals.get(rid) == "cancelled":
+        if printer.reasons.get(rid) != "interrupted":
+            problems.append(f"the reply spoken over was cancelled as {printer.reasons.get(rid)!r}")
+    elif printer.terminals.get(rid) == "done":
+        if printer.truncated.get(rid) != barge.heard:
+            problems.append(
+                "the reply spoken over had ended, and was not truncated to what was heard"
+            )
+    others = [r for r in cancelled if r != rid]
+    if others:
+        problems.append(f"{len(others)} replies cancelled with no barge-in to cause it")
+    return problems
 
 
 async def run_demo(
@@ -145,6 +233,7 @@ async def run_demo(
     from gateway_client.emulator import GatewayEmulator
 
     printer = Printer(out)
+    barge = BargeIn()
     async with (
         GatewayEmulator(
             host="127.0.0.1", port=0, token_delay=token_delay, first_token_delay=0.12
@@ -161,14 +250,18 @@ async def run_demo(
             )
             async with asyncio.timeout(DEADLINE_S):
                 await replay(
-                    f"ws://127.0.0.1:{server.port}/v1/realtime", load_script(), speed, printer
+                    f"ws://127.0.0.1:{server.port}/v1/realtime",
+                    load_script(),
+                    speed,
+                    printer,
+                    barge,
                 )
-    missing = [rid for rid in printer.created if rid not in printer.terminals]
-    cancelled = [rid for rid, how in printer.terminals.items() if how == "cancelled"]
+    problems = verdict(printer, barge)
+    cut = [r for r, how in printer.terminals.items() if how == "cancelled"]
+    cut += [r for r in printer.truncated if r not in cut]
     failed = [rid for rid, how in printer.terminals.items() if how == "failed"]
-    ok = not missing and not failed and len(cancelled) == 1 and len(printer.created) >= 5
     printer.write(
-        f"\n{len(printer.created)} replies, {len(cancelled)} interrupted, "
-        f"{len(failed)} failed: {'ok' if ok else 'NOT OK'}\n"
+        f"\n{len(printer.created)} replies, {len(cut)} interrupted, "
+        f"{len(failed)} failed: {'NOT OK: ' + '; '.join(problems) if problems else 'ok'}\n"
     )
-    return 0 if ok else 1
+    return 1 if problems else 0
