@@ -381,16 +381,18 @@ class GatewayClient:
                     if loop.time() + delay >= total_deadline:
                         break  # no time to wait for this model; the next one may answer now
                     log.info(
-                        "gateway retry model=%s attempt=%d in %.2fs after: %s",
-                        model,
-                        attempts,
-                        delay,
-                        exc,
+                        "gateway retry",
+                        extra={"model": model, "attempt": attempts, "delay_s": round(delay, 3)}
+                        | _error_fields(exc),
                     )
                     await asyncio.sleep(delay)
                     retry_no += 1
             if model != models[-1]:
-                log.info("gateway fallback from model=%s after: %s", model, last)
+                log.info(
+                    "gateway fallback to the next model",
+                    extra={"model": model, "next_model": models[models.index(model) + 1]}
+                    | _error_fields(last),
+                )
         assert last is not None
         raise last
 
@@ -473,19 +475,22 @@ class GatewayClient:
         if not log.isEnabledFor(logging.INFO):
             return
         latency_ms = (asyncio.get_running_loop().time() - started) * 1000.0
-        outcome = "ok" if error is None else type(error).__name__
-        log.info(
-            "gateway request request_id=%s model=%s url=%s region=%s status=%s "
-            "latency_ms=%.0f attempt=%d outcome=%s",
-            request_id,
-            model,
-            self.base_url,
-            self.region,
-            status,
-            latency_ms,
-            attempt_no,
-            outcome,
-        )
+        fields: dict[str, object] = {
+            "request_id": request_id,
+            "model": model,
+            "url": self.base_url,
+            "region": self.region,
+            "status": status,
+            "latency_ms": round(latency_ms),
+            "attempt": attempt_no,
+            "outcome": "ok" if error is None else type(error).__name__,
+        }
+        if error is None:
+            log.info("gateway request", extra=fields)
+        elif isinstance(error, asyncio.CancelledError):
+            log.info("gateway request cancelled", extra=fields)
+        else:
+            log.info("gateway request attempt failed", extra=fields | _error_fields(error))
 
     async def _json_attempt(
         self, payload: bytes, model: str, total_deadline: float, attempt_no: int
@@ -605,6 +610,23 @@ class GatewayClient:
         if not isinstance(data, dict):
             raise ProtocolError("run status is not a JSON object")
         return data
+
+
+def _error_fields(error: BaseException | None) -> dict[str, object]:
+    """Log fields for a failure, named as the service names them: ``error_type``, ``reason``
+    (the message, already scrubbed of secrets), ``status`` and ``request_id`` when known."""
+    if error is None:
+        return {}
+    fields: dict[str, object] = {"error_type": type(error).__name__}
+    if isinstance(error, GatewayError):
+        fields["reason"] = error.message[:300]
+        if error.status is not None:
+            fields["status"] = error.status
+        if error.request_id:
+            fields["request_id"] = error.request_id
+    else:
+        fields["reason"] = str(error)[:300]
+    return fields
 
 
 def _model_ids(models: Sequence[str]) -> tuple[str, ...]:
