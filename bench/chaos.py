@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The service logs every connection it aborts; a chaos run makes hundreds on purpose.
+    logging.basicConfig(level=logging.ERROR)
     config = replace(
         ChaosConfig(),
         lifecycles=args.lifecycles,
@@ -60,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         write_timeout_s=args.write_timeout,
     )
-    # a long run needs more time per lifecycle only if the machine is slow; keep the default
     say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
     print(
         "config: " + ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config)),

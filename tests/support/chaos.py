@@ -31,7 +31,7 @@ import contextlib
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +39,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from support.chaos_clients import KINDS, Findings, Peer
+from support.chaos_clients import KINDS, Findings, Peer, terminal_for
 from support.residue import Leftovers, open_fds, snapshot_tasks, wait_released
-from support.service import TERMINALS, turn
+from support.service import turn
 
 from gateway_client import GatewayClient
 from gateway_client.emulator import GatewayEmulator
@@ -204,7 +204,7 @@ class ChaosReport:
         for kind in [*KINDS, "at_stop"]:
             outcomes = self.clients.outcomes.get(kind)
             if kinds.get(kind) or outcomes:
-                outs = "; ".join(f"{o} x{n}" for o, n in (outcomes or {}).most_common())
+                outs = "; ".join(f"{o} x{n}" for o, n in (outcomes or Counter()).most_common())
                 lines.append(f"  {kind:26s} {kinds.get(kind, 0):5d}  {outs}")
         lines.append(f"transcripts checked (guarantees 1-2): {self.clients.transcripts_checked}")
         lines.append(f"server.residue() just before stop: {self.residue_before_stop}")
@@ -289,9 +289,7 @@ class Control:
         while not stop.is_set() and (turns is None or order < turns):
             started = time.perf_counter()
             await peer.send(turn(order, text))
-            if not await peer.wait_for(
-                lambda m, o=order: m.get("type") in TERMINALS and m.get("turn_order") == o, 10
-            ):
+            if not await peer.wait_for(terminal_for(order), 10):
                 self.problems.append(
                     f"control: no terminal for turn {order} within 10 s (last {peer.types()[-6:]})"
                 )

@@ -57,12 +57,22 @@ STALL_RCVBUF = 4096  # the kernel doubles it; a peer that never reads fills up f
 # server's kernel send buffer (loopback autotunes it to about 3 MB of tcp_wmem's 4 MB) plus
 # the transport's own buffer. The stalled participant asks for more than this.
 STALL_BYTES = 4_500_000
+STALL_TURNS = 5  # each turn's frame must stay under the server's 1 MiB frame limit
+# A /v3/ws client may get the failure another lifecycle asked the speech-to-text emulator
+# for: its close code is then forwarded from upstream.
+STT_FAILURES = (3005, 3006, 3007, 3008, 1008)
+V3_CLOSE_CODES = (1000, *STT_FAILURES)
 _WORDS = "paris london rain sunny coffee meeting budget robot river music".split()
 
 
 def kinds_for(seed: int, n: int) -> list[str]:
     """The seeded mix: the same seed gives the same kinds in the same order."""
     return random.Random(seed).choices(list(KINDS), weights=list(KINDS.values()), k=n)
+
+
+def terminal_for(turn_order: int) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: the terminal message of a response to turn `turn_order`."""
+    return lambda m: m.get("type") in TERMINALS and m.get("turn_order") == turn_order
 
 
 def long_text(rng: random.Random, words: int, word_chars: int) -> str:
@@ -457,7 +467,7 @@ class Lifecycles:
         await self.send_audio(got, rng, rng.uniform(0.3, 2.5))
         if rng.random() < 0.2:
             await got.send({"type": "Terminate"})
-            return await self.finish(kind, got)
+            return await self.finish(kind, got, expect=V3_CLOSE_CODES)
         got.abort()  # no Terminate
         await got.wait_closed(5)
         return "dropped"
@@ -480,7 +490,7 @@ class Lifecycles:
 
     async def audio_stt_failure(self, kind: str, i: int, rng: random.Random) -> str:
         """Audio while speech-to-text fails (the next upstream session the server opens)."""
-        code = rng.choice([3005, 3006, 3007, 3008, 1008])
+        code = rng.choice(STT_FAILURES)
         self.fail_next(code, f"chaos: upstream fails with {code}")
         sid: str | None = None
         if rng.random() < 0.5:
@@ -530,10 +540,7 @@ class Lifecycles:
             try:
                 for order in range(rng.randint(1, 3)):
                     await owner.send(turn(order, long_text(rng, 120, 2500)))
-                    await owner.wait_for(
-                        lambda m, o=order: m.get("type") in TERMINALS and m.get("turn_order") == o,
-                        15,
-                    )
+                    await owner.wait_for(terminal_for(order), 15)
                 await owner.send({"type": "Termination"})
                 outcome = await self.finish(kind, owner)
             finally:
@@ -557,9 +564,9 @@ class Lifecycles:
         update = {"type": "session.update", "session": {"preset": "per_turn"}}
         sent = 0
         if await sock.send_text(orjson.dumps(update)):
-            for order in range(4):
-                said = turn(order, long_text(rng, STALL_BYTES // 4 // 2500, 2500))
-                said["words"] = []  # the transcript alone: keeps the frame under 1 MiB
+            for order in range(STALL_TURNS):
+                said = turn(order, long_text(rng, STALL_BYTES // STALL_TURNS // 2501, 2500))
+                said["words"] = []  # the transcript alone: the frame stays under 1 MiB
                 if not await sock.send_text(orjson.dumps(said)):
                     break
                 sent += 1
@@ -572,20 +579,24 @@ class Lifecycles:
         return f"sent {sent} long turns" + (", parked" if parked else "")
 
     async def viewers_join_while_ending(self, kind: str, i: int, rng: random.Random) -> str:
+        """Viewers connect while the session ends: before, during and after its end."""
         owner, sid, outcome = await self.participant(kind, f"{kind}#{i}-owner")
         if owner is None or sid is None:
             return outcome
-        await owner.send(turn(0, "the session is about to end " + " ".join(_WORDS[:6])))
+        # a reply of a few hundred ms, so that a Termination has something to wait for
+        await owner.send(turn(0, "the session is about to end " + long_text(rng, 150, 5)))
         await owner.wait_for(lambda m: m.get("type") == "response.delta", 5)
-        ending = rng.choice(["terminate", "drop"])
+        ending = rng.choice(["terminate", "terminate", "drop"])
+        end_at = rng.uniform(0.0, 0.1)
 
         async def viewer(n: int) -> Peer | int:
-            await asyncio.sleep(rng.uniform(0.0, 0.03))
+            await asyncio.sleep(max(0.0, end_at + rng.uniform(-0.1, 0.3)))
             return await self.connect(
                 f"/v1/realtime?role=viewer&session_id={sid}", f"{kind}#{i}-viewer{n}"
             )
 
         joining = [asyncio.create_task(viewer(n)) for n in range(rng.randint(2, 5))]
+        await asyncio.sleep(end_at)
         if ending == "terminate":
             await owner.send({"type": "Termination"})
         else:
