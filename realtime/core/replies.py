@@ -104,6 +104,7 @@ class Reply:
     streaming: bool = False  # its upstream stream was started
     delivered: list[str] = field(default_factory=list)  # deltas published to clients
     held: list[str] = field(default_factory=list)  # a hidden speculation's deltas
+    held_tools: list[dict[str, Any]] = field(default_factory=list)  # and its tool-call deltas
     outcome: Completion | Failure | None = None  # kept while HIDDEN_ENDED
     sent_at: float | None = None
     first_delta_at: float | None = None

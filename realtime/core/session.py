@@ -179,7 +179,10 @@ class SessionCore:
     # ---- client input -----------------------------------------------------------------
 
     def on_message(self, conn: int, message: ClientMessage, at: float) -> list[Output]:
-        """Apply one parsed client message (or a relayed speech-to-text event)."""
+        """Apply one parsed client message (or a relayed speech-to-text event). Once the
+        session ended nothing applies."""
+        if self.ended:
+            return []
         out: list[Output] = []
         if isinstance(message, TurnMessage):
             if not self.terminated:
@@ -256,7 +259,12 @@ class SessionCore:
 
     def on_tool_delta(self, response_id: str, delta: Mapping[str, Any]) -> list[Output]:
         r = self.replies.get(response_id)
-        if r is None or r.state is not RS.VISIBLE:
+        if r is None:
+            return []
+        if r.state is RS.HIDDEN:
+            r.held_tools.append(dict(delta))  # shown if the speculation is promoted
+            return []
+        if r.state is not RS.VISIBLE:
             return []
         return [Publish(out_msg.tool_call_delta(r.id, r.turn_order, delta))]
 
@@ -401,6 +409,9 @@ class SessionCore:
             held = "".join(r.held)
             r.held.clear()
             out.append(self._deliver(r, held, at))
+        for delta in r.held_tools:
+            out.append(Publish(out_msg.tool_call_delta(r.id, r.turn_order, delta)))
+        r.held_tools.clear()
         if ended_hidden and r.outcome is not None:
             outcome, r.outcome = r.outcome, None
             self._finish(r, outcome, at, out)
