@@ -17,7 +17,11 @@ What is checked (`ChaosReport.problems`):
 - every transcript of a client that read to the end satisfies guarantees 1 and 2
   (`support.service.assert_guarantees`), and no well-behaved client is left hanging;
 - the control session's p99 gap between deltas under chaos is at most twice its p99 alone,
-  plus `gap_floor_ms` (guarantee 5: what other sessions do does not disturb it).
+  plus `gap_floor_ms` (guarantee 5: what other sessions do does not disturb it). This one
+  is judged only when the server's event loop thread got a CPU whenever it wanted one (it
+  waited for one at most `max_cpu_wait` of each phase, from /proc/thread-self/schedstat):
+  on an oversubscribed machine the gaps measure the other processes, and the report says
+  so in `notes()` instead.
 
 Used by tests/realtime/test_chaos.py (CI size) and bench/chaos.py (longer runs, a summary).
 The kinds and their random choices come from the seed; the interleaving on a shared machine
@@ -114,8 +118,8 @@ class ChaosReport:
     process_problems: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     chaos_s: float = 0.0
-    # How late the server's event loop ran a 5 ms timer, and this process's CPU use (1.0 =
-    # one core), alone and under chaos: what the control's gaps are made of.
+    # How late the server's event loop ran a 5 ms timer, and how much CPU its thread got or
+    # waited for, alone and under chaos: what the control's gaps are made of.
     loop_lag_solo_ms: list[float] = field(default_factory=list)
     loop_lag_chaos_ms: list[float] = field(default_factory=list)
     load_solo: Load = field(default_factory=Load)
@@ -412,7 +416,11 @@ async def run_chaos(
     wall = time.perf_counter()
     async with (
         GatewayEmulator(
-            host="127.0.0.1", port=0, token_delay=config.token_delay, reply_words=config.reply_words
+            host="127.0.0.1",
+            port=0,
+            token_delay=config.token_delay,
+            reply_words=config.reply_words,
+            max_recorded=100,  # it keeps request bodies: megabytes each for a stalled reader
         ) as gateway_emu,
         SttEmulator(
             script=["hello there", "how are you", "what is the weather like today"],

@@ -404,7 +404,7 @@ class Lifecycles:
             elif action < 0.55:
                 pass  # the next turn comes at once: a barge-in by a newer turn
             else:
-                await peer.wait_for(lambda m: m.get("type") in TERMINALS, 2.0)
+                await peer.wait_for(terminal_for(order), 2.0)
 
     async def send_audio(self, peer: Peer, rng: random.Random, seconds: float) -> None:
         """PCM16 at 16 kHz: silence and loud bursts, sometimes in real time, sometimes at once."""
