@@ -15,8 +15,6 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from realtime.core.inbound import ClientMessage, ProtocolError, parse_client_frame
 from realtime.core.outbound import relayed
 from realtime.session import Session
@@ -117,8 +115,8 @@ class AudioRelay:
             async with SttClient(self.url, api_key=self.api_key, params=self.params) as stt:
                 sender = asyncio.create_task(self._send(stt))
                 try:
-                    async for upstream in stt:
-                        self._dispatch(upstream)
+                    async for raw, upstream in stt.received():
+                        self._dispatch(raw, upstream)
                 finally:
                     sender.cancel()
                     await asyncio.gather(sender, return_exceptions=True)
@@ -158,13 +156,11 @@ class AudioRelay:
         except SttError:
             return  # the reading side raises the same failure and reports it
 
-    def _dispatch(self, upstream: dict[str, Any]) -> None:
-        raw = orjson.dumps(upstream)
+    def _dispatch(self, raw: bytes, upstream: dict[str, Any]) -> None:
+        """`raw`: the frame as upstream sent it (forwarded byte for byte); `upstream`: parsed."""
         try:
             parsed: ClientMessage | None = parse_client_frame(raw)
         except ProtocolError:
             parsed = None  # a type the session does not act on (Warning, Heartbeat, ...)
         # Clients see what speech-to-text said, verbatim; then it drives the session.
         self.session.relayed(relayed(str(upstream.get("type")), raw, upstream), parsed)
-
-

@@ -6,6 +6,11 @@
             ...
         await stt.terminate()              # Terminate -> Termination -> close
 
+    To pass messages on unchanged, iterate `stt.received()` instead: each item is a `Received`,
+    `(raw, message)`, where `raw` is the text frame's bytes exactly as the service sent them
+    (re-serialising `message` would change number forms: `1.4e-05` becomes `0.000014`).
+    Both iterations take from the same inbox: use one of them per client.
+
 Contracts:
 
 * Audio is cut into 50 ms frames (the size the service recommends; 50..1000 ms is allowed) and
@@ -32,10 +37,10 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -182,11 +187,32 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 _WS_LOGGER = _QuietLogger(logging.getLogger("realtime.stt.websocket"), {})
 
 
+class Received(NamedTuple):
+    """One upstream message: `raw`, the text frame's bytes exactly as the service sent them
+    (UTF-8), and `message`, its parsed form."""
+
+    raw: bytes
+    message: dict[str, Any]
+
+
+class _ReceivedIterator:
+    """`SttClient.received()`: the client's inbox as `Received` items."""
+
+    def __init__(self, client: SttClient) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _ReceivedIterator:
+        return self
+
+    async def __anext__(self) -> Received:
+        return await self._client._next()
+
+
 @dataclass(slots=True)
 class _Ended:
     code: int | None
     reason: str
-    frame: dict[str, Any] | None
+    frame: Received | None
     terminated: bool
 
 
@@ -230,7 +256,7 @@ class SttClient:
             max(1, int(max_buffer_s * 1000 / FRAME_MS))
         )
         self._pending: bytes | str | None = None  # taken from the outbox, not yet sent
-        self._inbox: deque[dict[str, Any]] = deque()
+        self._inbox: deque[Received] = deque()
         self._inbox_size = inbox_size
         self._inbox_ready = asyncio.Event()
         self._ws: ClientConnection | None = None
@@ -315,14 +341,15 @@ class SttClient:
                 ended = await self._run_connection(self._ws)
                 if ended.terminated:
                     return
-                err = classify_close(ended.code, ended.reason, ended.frame)
+                frame = ended.frame
+                err = classify_close(ended.code, ended.reason, frame.message if frame else None)
                 if err is None:
                     return
                 failures += 1
                 if self._closing or not (
                     err.retryable and self.reconnect and failures <= self.max_reconnects
                 ):
-                    self._fail(err)
+                    self._fail(err, frame)
                     return
                 delay = backoff_delay(failures)
                 log.warning("stt session lost (%s); reconnecting in %.2f s", err, delay)
@@ -347,13 +374,16 @@ class SttClient:
             await asyncio.wait([writer])
 
     async def _reader(self, ws: ClientConnection) -> _Ended:
-        frame: dict[str, Any] | None = None
+        frame: Received | None = None
         try:
             async for data in ws:
                 if isinstance(data, bytes):
                     continue
+                # websockets checked and decoded the UTF-8: encoding it again gives the
+                # frame's bytes exactly as they came
+                raw = data.encode()
                 try:
-                    msg = orjson.loads(data)
+                    msg = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     log.warning("stt: ignoring a frame that is not JSON")
                     continue
@@ -361,13 +391,13 @@ class SttClient:
                     continue
                 kind = msg.get("type")
                 if kind == "Error" or (kind is None and "error" in msg):
-                    frame = msg  # held until the close tells whether we retry
+                    frame = Received(raw, msg)  # held until the close tells whether we retry
                     continue
                 if kind == "Begin":
                     self.session_id = msg.get("id")
                 if kind == "Termination":
                     self._termination.set()
-                self._deliver(msg)
+                self._deliver(Received(raw, msg))
         except ConnectionClosed:
             pass
         return _Ended(ws.close_code, ws.close_reason or "", frame, self._termination.is_set())
@@ -401,22 +431,28 @@ class SttClient:
         except ConnectionClosed:
             return  # the reader sees the close; `_pending` is resent on the next connection
 
-    def _deliver(self, msg: dict[str, Any]) -> None:
+    def _deliver(self, item: Received) -> None:
         if len(self._inbox) >= self._inbox_size:
             victim = next(
-                (m for m in self._inbox if m.get("type") == "Turn" and not m.get("end_of_turn")),
+                (
+                    r
+                    for r in self._inbox
+                    if r.message.get("type") == "Turn" and not r.message.get("end_of_turn")
+                ),
                 self._inbox[0],
             )
             self._inbox.remove(victim)
             if self.dropped_messages == 0:
                 log.warning("stt consumer is slow: dropping old partial transcripts")
             self.dropped_messages += 1
-        self._inbox.append(msg)
+        self._inbox.append(item)
         self._inbox_ready.set()
 
-    def _fail(self, err: SttError) -> None:
-        if err.frame is not None:
-            self._deliver(err.frame)
+    def _fail(self, err: SttError, frame: Received | None = None) -> None:
+        if frame is not None:
+            self._deliver(frame)
+        elif err.frame is not None:
+            self._deliver(Received(orjson.dumps(err.frame), err.frame))
         self._failure = err
         log.warning("stt session failed: %s", err)
 
@@ -464,6 +500,14 @@ class SttClient:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        return (await self._next()).message
+
+    def received(self) -> AsyncIterator[Received]:
+        """Iterate upstream messages as `Received(raw, message)`: the frame's original bytes
+        with its parsed form. Ends, and fails, exactly as iterating the client does."""
+        return _ReceivedIterator(self)
+
+    async def _next(self) -> Received:
         while True:
             if self._inbox:
                 return self._inbox.popleft()

@@ -6,7 +6,8 @@ It speaks the v3 wire protocol (path /v3/ws, Begin / Turn / SpeechStarted / Term
 close codes, `GET /v3/token` temporary tokens) but cannot recognise speech: it "hears" lines of a
 script, paced by the loudness of the audio it receives (see `stt_engine`), or replays a recorded
 .jsonl message sequence (see `stt_replay`). Point the official SDK at it with
-`api_host="ws://127.0.0.1:PORT"`.
+`api_host="ws://127.0.0.1:PORT"`. Its own messages are written as the service writes them
+(`stt_engine.encode`: `1.4e-05`, not `0.000014`); replayed ones are sent verbatim.
 
 Errors, each an `Error` frame followed by a close with the same code:
 1008 bad or missing key/token; 3006 invalid JSON, unknown message type, bad connection
@@ -45,6 +46,7 @@ from realtime.emulators.stt_engine import (
     EarConfig,
     ParamError,
     ScriptedEar,
+    encode,
     parse_params,
 )
 from realtime.emulators.stt_replay import Raw, Recording, ReplayEar
@@ -316,7 +318,7 @@ class _Session:
         obj, text = (msg.obj, msg.text) if isinstance(msg, Raw) else (msg, None)
         if len(self.rec.messages_sent) < MAX_MESSAGES_KEPT:
             self.rec.messages_sent.append(obj)
-        await self.ws.send(text if text is not None else orjson.dumps(obj).decode())
+        await self.ws.send(text if text is not None else encode(obj))
 
     async def close(self, code: int, message: str) -> None:
         if code != 1000:

@@ -3,7 +3,7 @@
 No sockets and no asyncio here. `parse_params` turns a /v3/ws query string into typed session
 settings the way the real service reads them; `ScriptedEar` turns a stream of audio frames
 (length in ms, loud or not) into AssemblyAI Universal Streaming v3 messages, "hearing" lines
-from a script instead of recognising speech.
+from a script instead of recognising speech; `encode` writes a message as the service does.
 
 How it hears (all times on the audio clock, i.e. milliseconds of audio received):
 
@@ -16,17 +16,38 @@ How it hears (all times on the audio clock, i.e. milliseconds of audio received)
   service's "confident end of turn". Words of a line that were not heard by then are dropped.
 * `ForceEndpoint` and `Terminate` end the current turn at once.
 
-Universal-Streaming models: partial words are lower-case without punctuation, the last word is
-not final and `transcript` holds the final words only; the end-of-turn message carries
-`utterance`; with `format_turns` a formatted copy follows (same `turn_order`, `utterance` "").
+Universal-Streaming models, shaped like AssemblyAI's recorded sessions
+(tests/fixtures/assemblyai/universal_streaming_english_message_sequence.jsonl):
+
+* Partial words are lower-case without punctuation, the last word is not final and
+  `transcript` holds the final words only.
+* A word that ends a sentence (or the line) and has at least 4 letters is first heard in part:
+  a frame that ends past the middle of the word, but before its end, sends a partial whose
+  last word is a prefix (`son`); the next partial revises it to the whole word (`sonny`: same
+  `start`, later `end`, its own confidence), as the recordings do.
+* `utterance` is the formatted text of the words since the last utterance boundary. A boundary
+  is `min_turn_silence` of silence after a word that ends a sentence. When the turn ends there
+  too, the end-of-turn message carries the utterance (recorded turn 0); when it does not
+  (the line has more sentences, so the turn waits for `max_turn_silence`), a partial carries
+  it and the end-of-turn message has `utterance` "" unless words came after it (turn 1).
+* With `format_turns` a formatted copy follows the end-of-turn message (same `turn_order`,
+  timings, word confidences and `end_of_turn_confidence`; `utterance` "").
+* `end_of_turn_confidence` is a float; early partials have tiny ones (`7e-05`).
+
 Pro models (`u3-*`, `universal-3*`): `SpeechStarted` precedes a turn's first `Turn`, partial
-words are all non-final with confidence 0.0 for the turn, and the single final is formatted
-(`turn_is_formatted` = `end_of_turn`, `end_of_turn_confidence` 1.0).
+words are all non-final with `end_of_turn_confidence` 0, and the single final is formatted
+(`turn_is_formatted` = `end_of_turn`, `end_of_turn_confidence` 1, `utterance` = `transcript`).
+As in the U3 Pro recording, those two confidences are the integers `0` and `1`.
+
+Numbers are written as the service writes them (`encode`): Python's shortest float form,
+so `1.4e-05` stays `1.4e-05` and integers stay integers.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -129,9 +150,19 @@ def parse_params(query: str) -> dict[str, Any]:
     return params
 
 
-# --- words and formatting ---------------------------------------------------------------------
+# --- words, numbers and formatting ------------------------------------------------------------
 
 _STRIP = re.compile(r"[^\w']+")
+_SENTENCE_END = (".", "?", "!")
+MIN_REVISED_LETTERS = 4  # shorter words are never heard in part
+UTTERANCE_EOT_CONFIDENCE = 0.45  # at an utterance boundary that does not end the turn
+
+
+def encode(msg: dict[str, Any]) -> str:
+    """A message as the service writes it: compact UTF-8 JSON, keys in the order given, floats
+    in Python's shortest form (`1.4e-05`, `0.5005`; orjson would write `0.000014`) and
+    integers as integers."""
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
 def raw_word(word: str) -> str:
@@ -139,9 +170,23 @@ def raw_word(word: str) -> str:
     return _STRIP.sub("", word).lower() or word.lower()
 
 
-def _confidence(word: str) -> float:
-    # deterministic, word-dependent, plausible: 0.80 .. 0.99
-    return round(0.8 + (sum(map(ord, word)) % 20) / 100.0, 6)
+def word_confidence(word: str) -> float:
+    """Deterministic, word-dependent, six decimals like the service's: 0.7 .. 0.999999."""
+    return round(0.7 + zlib.crc32(word.encode()) % 300_000 / 1_000_000, 6)
+
+
+def partial_confidence(words: int) -> float:
+    """A partial's end-of-turn confidence: tiny early in a turn (7e-05), rising with its words."""
+    return round(min(0.2, 1e-05 * 7.0**words), 6)
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().endswith(_SENTENCE_END)
+
+
+def _revisable(text: str, last: bool) -> bool:
+    """A word heard in part before it is heard whole: one that ends a sentence or the line."""
+    return (last or _ends_sentence(text)) and len(raw_word(text)) >= MIN_REVISED_LETTERS
 
 
 @dataclass(slots=True)
@@ -149,6 +194,7 @@ class _Word:
     text: str  # as written in the script (formatted)
     start: int
     end: int
+    confidence: float  # the same in the raw and the formatted copy, as the service sends it
 
 
 @dataclass(slots=True)
@@ -199,6 +245,9 @@ class ScriptedEar:
     _word_start: int | None = None
     _silent_ms: float = 0.0
     _full_line: str = ""
+    _in_part: bool = False  # a partial showed a prefix of the next pending word
+    _loud_until: int = 0  # audio clock at the end of the last loud frame
+    _utterance_from: int = 0  # index in _words of the current utterance's first word
 
     @property
     def in_turn(self) -> bool:
@@ -216,18 +265,23 @@ class ScriptedEar:
             self._silent_ms += duration_ms
             if self._silent_ms >= self.config.silence_for(self._confident()):
                 out.extend(self.end_turn())
+            elif self._at_utterance_boundary():
+                out.append(self._utterance_partial())
             return out
         self._silent_ms = 0.0
+        self._loud_until = int(self.audio_ms)
         if self._word_start is None:
             self._word_start = int(start)
         self._loud_ms += duration_ms
         while self._loud_ms >= self.config.word_ms:
             self._loud_ms -= self.config.word_ms
             out.extend(self._next_word(int(self.audio_ms - self._loud_ms)))
+        if self._loud_ms * 2 > self.config.word_ms and self._hears_in_part():
+            out.append(self._partial_in_part())
         return out
 
     def _confident(self) -> bool:
-        return not self._pending and self._full_line.rstrip().endswith((".", "?", "!"))
+        return not self._pending and self._full_line.rstrip().endswith(_SENTENCE_END)
 
     def _next_word(self, end: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -244,18 +298,43 @@ class ScriptedEar:
             self._word_start = None
             return out
         start = self._word_start if self._word_start is not None else end - self.config.word_ms
-        self._words.append(_Word(self._pending.pop(0), start, end))
+        self._hear(start, end)
         self._word_start = end if self._loud_ms > 0 else None
         out.append(self._partial())
         return out
 
+    def _hear(self, start: int, end: int) -> None:
+        text = self._pending.pop(0)
+        self._words.append(_Word(text, start, end, word_confidence(raw_word(text))))
+        self._in_part = False
+
+    def _hears_in_part(self) -> bool:
+        """Past the middle of a revisable word, not yet at its end, not yet shown in part."""
+        return (
+            not self.config.pro
+            and self.in_turn
+            and not self._in_part
+            and self._word_start is not None
+            and bool(self._pending)
+            and _revisable(self._pending[0], last=len(self._pending) == 1)
+        )
+
+    def _at_utterance_boundary(self) -> bool:
+        """`min_turn_silence` after a sentence's last word, with words since the last one."""
+        return (
+            not self.config.pro
+            and not self._in_part
+            and len(self._words) > self._utterance_from
+            and self._silent_ms >= self.config.silence_for(True)
+            and _ends_sentence(self._words[-1].text)
+        )
+
     def _word_dict(self, w: _Word, *, formatted: bool, final: bool) -> dict[str, Any]:
-        text = w.text if formatted else raw_word(w.text)
         return {
             "start": w.start,
             "end": w.end,
-            "text": text,
-            "confidence": _confidence(text),
+            "text": w.text if formatted else raw_word(w.text),
+            "confidence": w.confidence,
             "word_is_final": final,
         }
 
@@ -284,32 +363,67 @@ class ScriptedEar:
     def _partial(self) -> dict[str, Any]:
         if self.config.pro:
             words = [self._word_dict(w, formatted=True, final=False) for w in self._words]
-            text = " ".join(w["text"] for w in words)
             return self._turn(
                 words=words,
-                transcript=text,
+                transcript=" ".join(w["text"] for w in words),
                 end_of_turn=False,
                 formatted=False,
-                eot_conf=0.0,
+                eot_conf=0,  # an integer, as in the U3 Pro recording
                 utterance="",
             )
         words = [self._word_dict(w, formatted=False, final=True) for w in self._words]
         words[-1]["word_is_final"] = False
-        transcript = " ".join(w["text"] for w in words[:-1])
-        conf = round(0.01 * len(words), 6)
         return self._turn(
             words=words,
-            transcript=transcript,
+            transcript=" ".join(w["text"] for w in words[:-1]),
             end_of_turn=False,
             formatted=False,
-            eot_conf=conf,
+            eot_conf=partial_confidence(len(words)),
             utterance="",
         )
+
+    def _partial_in_part(self) -> dict[str, Any]:
+        """The words heard so far, all final, then a prefix of the word being heard (`son`);
+        the partial that completes the word revises it (`sonny`)."""
+        assert self._word_start is not None
+        self._in_part = True
+        raw = raw_word(self._pending[0])
+        words = [self._word_dict(w, formatted=False, final=True) for w in self._words]
+        part = {
+            "start": self._word_start,
+            "end": int(self.audio_ms),
+            "text": raw[: max(2, len(raw) - 2)],
+            "confidence": round(word_confidence(raw) * 0.85, 6),
+            "word_is_final": False,
+        }
+        return self._turn(
+            words=[*words, part],
+            transcript=" ".join(w["text"] for w in words),
+            end_of_turn=False,
+            formatted=False,
+            eot_conf=partial_confidence(len(words)),  # below the revising partial's
+            utterance="",
+        )
+
+    def _utterance(self) -> str:
+        """The formatted words since the last utterance boundary; the boundary moves here."""
+        text = " ".join(w.text for w in self._words[self._utterance_from :])
+        self._utterance_from = len(self._words)
+        return text
+
+    def _utterance_partial(self) -> dict[str, Any]:
+        """The last partial again, carrying the utterance that just ended (the turn goes on)."""
+        msg = self._partial()
+        msg["end_of_turn_confidence"] = UTTERANCE_EOT_CONFIDENCE
+        msg["utterance"] = self._utterance()
+        return msg
 
     def end_turn(self) -> list[dict[str, Any]]:
         """End the current turn now (silence, ForceEndpoint, Terminate); [] if none is open."""
         if not self.in_turn:
             return []
+        if self._in_part and self._pending and self._word_start is not None:
+            self._hear(self._word_start, self._loud_until)  # committed as far as it was heard
         formatted_words = [self._word_dict(w, formatted=True, final=True) for w in self._words]
         formatted_text = " ".join(w["text"] for w in formatted_words)
         out: list[dict[str, Any]] = []
@@ -320,7 +434,7 @@ class ScriptedEar:
                     transcript=formatted_text,
                     end_of_turn=True,
                     formatted=True,
-                    eot_conf=1.0,
+                    eot_conf=1,  # an integer, as in the U3 Pro recording
                     utterance=formatted_text,
                 )
             )
@@ -334,7 +448,7 @@ class ScriptedEar:
                     end_of_turn=True,
                     formatted=False,
                     eot_conf=conf,
-                    utterance=formatted_text,
+                    utterance=self._utterance(),
                 )
             )
             if self.config.format_turns:
@@ -351,4 +465,5 @@ class ScriptedEar:
         self.turn_order += 1
         self._words, self._pending = [], []
         self._loud_ms, self._word_start, self._silent_ms = 0.0, None, 0.0
+        self._in_part, self._utterance_from = False, 0
         return out

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import aiohttp
 import pytest
 from support.audio import tone
 from support.service import Service, assert_guarantees
 
 from realtime.emulators.stt import SttEmulator
 from realtime.relay import params_from_query
+from realtime.server import ServerSettings
+
+RECORDING = Path(__file__).parents[1] / "fixtures/assemblyai"
+RECORDING /= "universal_streaming_english_message_sequence.jsonl"
 
 
 async def send_audio(c, frames: list[bytes]) -> None:
@@ -96,3 +102,33 @@ async def test_a_48khz_stereo_wav_is_resampled_and_streamed_in_real_time(
     await c.close()
     record = await stt.wait_closed(timeout=10)
     assert record.audio_bytes >= len(frames) * 1600 and record.errors == []
+
+
+async def test_upstream_frames_reach_both_endpoints_byte_for_byte(serve, settings: ServerSettings):
+    """Relayed, not re-serialised: `1.4e-05` stays `1.4e-05` (orjson would write 0.000014)."""
+    recorded = [ln for ln in RECORDING.read_text("utf-8").splitlines() if ln.strip()]
+    tiny = recorded[2]
+    assert '"end_of_turn_confidence":1.4e-05' in tiny
+    async with (
+        SttEmulator(script=RECORDING, rate_tolerance_ms=None) as stt_emu,
+        serve(settings, stt=stt_emu) as svc,
+    ):
+
+        async def listen(url: str) -> list[str]:
+            texts: list[str] = []
+            async with svc.http.ws_connect(url) as ws:
+                for f in tone(3.0, False):  # the replay's audio clock reaches 2880 ms
+                    await ws.send_bytes(f)
+                async with asyncio.timeout(15):
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT and '"type":"Turn"' in msg.data:
+                            texts.append(msg.data)
+                            if len(texts) == 2:  # the frames due by 2880 ms
+                                break
+            return texts
+
+        port = svc.server.port
+        v1, v3 = await asyncio.gather(
+            listen(svc.ws_url), listen(f"ws://127.0.0.1:{port}/v3/ws?sample_rate=16000")
+        )
+    assert v1 == v3 == recorded[1:3]

@@ -10,11 +10,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
+import orjson
 import pytest
 
 from realtime.audio import read_wav
 from realtime.emulators.stt import SttEmulator
 from realtime.stt import (
+    Received,
     SttClient,
     SttError,
     SttParams,
@@ -31,6 +33,8 @@ RATE = 16000
 KEY = "sk-secret-key-123"
 SCRIPT = ["Hi, my name is Sonny.", "I am a voice agent."]
 US = SttParams(speech_model="universal-streaming-english", format_turns=True)
+RECORDING = Path(__file__).parents[1] / "fixtures/assemblyai"
+RECORDING /= "universal_streaming_english_message_sequence.jsonl"
 
 
 def tone(seconds: float, rate: int = RATE) -> np.ndarray:
@@ -174,6 +178,35 @@ async def test_force_endpoint_keepalive_update_configuration() -> None:
     kinds = [m["type"] for m in rec.messages_received]
     assert kinds == ["UpdateConfiguration", "KeepAlive", "ForceEndpoint", "Terminate"]
     assert rec.messages_received[0] == {"type": "UpdateConfiguration", "max_turn_silence": 5000}
+
+
+async def test_received_hands_out_each_frame_as_sent_with_its_parsed_form() -> None:
+    recorded = [ln.encode() for ln in RECORDING.read_text("utf-8").splitlines() if ln.strip()]
+    assert b'"end_of_turn_confidence":1.4e-05' in recorded[2]  # orjson would write 0.000014
+    async with SttEmulator(script=RECORDING, rate_tolerance_ms=None) as emu:
+        async with client(emu) as stt:
+            await stt.send_audio(silence(2.05).tobytes())  # the first Turn is due at 2000 ms
+            await stt.terminate()  # the rest of that turn, then Termination
+            got = [item async for item in stt.received()]
+    assert all(isinstance(item, Received) for item in got)
+    assert [raw for raw, _ in got[1:-1]] == recorded[1:9]  # turn 0, byte for byte
+    assert all(message == orjson.loads(raw) for raw, message in got)
+    assert got[0].message["type"] == "Begin" and got[-1].message["type"] == "Termination"
+    assert stt.session_id == got[0].message["id"]
+
+
+async def test_received_gives_the_error_frame_as_sent_then_fails() -> None:
+    async with emulator(api_keys=["the-right-key"]) as emu:
+        async with client(emu) as stt:
+            got: list[Received] = []
+            with pytest.raises(SttError) as info:
+                async for item in stt.received():
+                    got.append(item)
+    assert [raw for raw, _ in got] == [
+        b'{"type":"Error","error_code":1008,'
+        b'"error":"Unauthorized Connection: Invalid API key or token"}'
+    ]
+    assert got[0].message == info.value.frame and info.value.code == 1008
 
 
 async def test_slow_consumer_loses_partials_first() -> None:
