@@ -1,7 +1,7 @@
 """Pure-core tests: the SSE decoder and the chunk assembler, driven by the recorded corpus.
 
-The corpus lives beside the checkout (``../shared/corpus/sse``); corpus tests skip with a
-clear reason when it is missing. Synthetic tests always run.
+The corpus is a copy kept in the repository (``tests/fixtures/sse``, see its SOURCES.md); a
+missing corpus fails collection, it never skips.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from gateway_client.assemble import ChunkAssembler, StreamResult
 from gateway_client.errors import GatewayError, ProtocolError, StreamError
 from gateway_client.sse import DONE, Event, SSEDecoder, parse_chunk
 
-CORPUS = Path(__file__).parents[3] / "shared/corpus/sse"
-FILES = sorted(CORPUS.glob("*.txt")) if CORPUS.is_dir() else []
-_MISSING = pytest.mark.skip(reason=f"SSE corpus not found at {CORPUS}")
-CORPUS_PARAMS = [pytest.param(p, id=p.stem) for p in FILES] or [
-    pytest.param(None, id="corpus-missing", marks=_MISSING)
-]
-SMALL_FILES = [pytest.param(p, id=p.stem) for p in FILES if p.stat().st_size < 4_000] or [
-    pytest.param(None, id="corpus-missing", marks=_MISSING)
-]
+CORPUS = Path(__file__).parents[1] / "fixtures/sse"
+FILES = sorted(CORPUS.glob("*.txt"))
+if len(FILES) < 15:  # a corpus test never skips: a missing fixture fails collection
+    raise FileNotFoundError(f"SSE corpus missing or incomplete at {CORPUS}: {len(FILES)} files")
+CORPUS_PARAMS = [pytest.param(p, id=p.stem) for p in FILES]
+SMALL_FILES = [pytest.param(p, id=p.stem) for p in FILES if p.stat().st_size < 4_000]
 
 
 def decode(pieces: list[bytes], **limits: int) -> list[Event]:
@@ -176,8 +173,6 @@ def test_corpus_with_bom(path: Path) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_corpus_random_splits(data: st.DataObject) -> None:
-    if not FILES:
-        pytest.skip(f"SSE corpus not found at {CORPUS}")
     path = data.draw(st.sampled_from(FILES))
     body = path.read_bytes()
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=40)))
@@ -187,8 +182,6 @@ def test_corpus_random_splits(data: st.DataObject) -> None:
 
 def test_corpus_keepalive_comments_are_counted() -> None:
     path = CORPUS / "openrouter_keepalive_then_error_chunk.txt"
-    if not path.exists():
-        pytest.skip(f"SSE corpus not found at {CORPUS}")
     dec = SSEDecoder()
     events = dec.feed(path.read_bytes()) + dec.close()
     assert dec.comments == 17
@@ -314,10 +307,7 @@ def test_parse_chunk_error_object_and_error_event() -> None:
 
 
 def _corpus(name: str) -> bytes:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"SSE corpus not found at {CORPUS}")
-    return path.read_bytes()
+    return (CORPUS / name).read_bytes()
 
 
 @pytest.mark.parametrize("path", CORPUS_PARAMS)

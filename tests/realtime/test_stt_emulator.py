@@ -30,7 +30,7 @@ from realtime.emulators.stt import SttEmulator, default_script
 from realtime.emulators.stt_engine import EarConfig, ScriptedEar, parse_params
 from realtime.emulators.stt_replay import Recording
 
-CORPUS = Path("/work/shared/corpus/assemblyai")
+CORPUS = Path(__file__).parents[1] / "fixtures/assemblyai"  # copies, see SOURCES.md there
 RATE = 16000
 pytestmark = pytest.mark.timeout(30)
 FRAME = 800  # samples in 50 ms
