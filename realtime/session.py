@@ -266,26 +266,17 @@ class Session:
         asked for it and already sent the terminal)."""
         rid, core = start.response_id, self.core
         model = str(start.body["model"])
+        reported: set[int] = set()  # ids of the gateway errors already counted and logged
         try:
             on_wait = lambda wait_s: self.run(core.on_queued(rid, wait_s))  # noqa: E731
             async with self.deps.limiter.slot(model, on_wait=on_wait):
                 core.on_sent(rid, now())
-                completion = await self._read(rid, start)
+                completion = await self._read(rid, start, reported)
         except asyncio.CancelledError:
             raise
         except GatewayError as exc:
-            self.deps.metrics.gateway_errors_total.inc(str(exc.status or type(exc).__name__))
-            self.log.warning(
-                "gateway request failed",
-                extra={
-                    "response_id": rid,
-                    "model": model,
-                    "status": exc.status,
-                    "error_type": type(exc).__name__,
-                    "reason": str(exc.message)[:300],
-                    "request_id": exc.request_id,
-                },
-            )
+            if id(exc) not in reported:
+                self._report(rid, exc.model or model, exc)
             self.run(core.on_failed(rid, _failure(exc), now()))
         except Exception:  # a bug must still end the reply with a terminal
             self.log.exception("response task crashed", extra={"response_id": rid})
@@ -297,7 +288,21 @@ class Session:
             if self._streams.get(rid) is asyncio.current_task():
                 del self._streams[rid]
 
-    async def _read(self, rid: str, start: StartStream) -> Completion:
+    def _report(self, rid: str, model: str, exc: GatewayError) -> None:
+        self.deps.metrics.gateway_errors_total.inc(str(exc.status or type(exc).__name__))
+        self.log.warning(
+            "gateway request failed",
+            extra={
+                "response_id": rid,
+                "model": model,
+                "status": exc.status,
+                "error_type": type(exc).__name__,
+                "reason": str(exc.message)[:300],
+                "request_id": exc.request_id,
+            },
+        )
+
+    async def _read(self, rid: str, start: StartStream, reported: set[int]) -> Completion:
         core, body = self.core, start.body
         stream_cm = self.deps.gateway.stream(
             body, trusted=True, fallback_models=start.fallback_models
@@ -331,19 +336,10 @@ class Session:
                 result = stream.result()
                 request_id = stream.request_id
         finally:
-            for model, exc in getattr(stream_cm, "failed_attempts", ()):
-                self.deps.metrics.gateway_errors_total.inc(str(exc.status or type(exc).__name__))
-                self.log.warning(
-                    "gateway request failed; trying the next model",
-                    extra={
-                        "response_id": rid,
-                        "model": model,
-                        "status": exc.status,
-                        "error_type": type(exc).__name__,
-                        "reason": str(exc.message)[:300],
-                        "request_id": exc.request_id,
-                    },
-                )
+            # Every failed attempt (retries and fallbacks included) is counted and logged once.
+            for model, exc in stream_cm.failed_attempts:
+                reported.add(id(exc))
+                self._report(rid, model, exc)
         return Completion(
             finish_reason=getattr(result, "finish_reason", None),
             usage=plain(getattr(result, "usage", None)),
