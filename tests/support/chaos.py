@@ -354,6 +354,7 @@ class ClientProcess:
             stderr=asyncio.subprocess.PIPE,
             cwd=REPO,
             env=env,
+            limit=1 << 26,  # a line is one message; the last ones name every session made
         )
         return cls(proc, stt, say)
 
@@ -362,6 +363,18 @@ class ClientProcess:
         self.proc.stdin.write(orjson.dumps(message) + b"\n")
 
     async def _read_stdout(self) -> None:
+        reason = "the chaos clients' process ended early"
+        try:
+            await self._dispatch()
+        except Exception as exc:
+            reason = f"reading the chaos clients' messages failed: {exc!r}"
+            raise
+        finally:  # whatever ended the reading, nobody waits for a message that cannot come
+            if not self.done.done():
+                self.done.set_exception(RuntimeError(reason))
+            self.ready.set()
+
+    async def _dispatch(self) -> None:
         assert self.proc.stdout is not None
         while line := await self.proc.stdout.readline():
             message = orjson.loads(line)
@@ -376,9 +389,6 @@ class ClientProcess:
                 self.ready.set()
             elif "report" in message:
                 self.report = message["report"]
-        if not self.done.done():
-            self.done.set_exception(RuntimeError("the chaos clients' process ended early"))
-        self.ready.set()
 
     async def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

@@ -53,11 +53,13 @@ KINDS: dict[str, float] = {
 
 WELL_BEHAVED_WAIT_S = 20.0  # a client that did everything right gets its close within this
 STALL_RCVBUF = 4096  # the kernel doubles it; a peer that never reads fills up fast
-# What a peer that stopped reading must be sent before the server's writes block: the
-# server's kernel send buffer (loopback autotunes it to about 3 MB of tcp_wmem's 4 MB) plus
-# the transport's own buffer. The stalled participant asks for more than this.
-STALL_BYTES = 4_500_000
-STALL_TURNS = 5  # each turn's frame must stay under the server's 1 MiB frame limit
+# A peer that never reads announces the segment size of a real network (Ethernet): with
+# loopback's 64 KiB segments, the kernel would autotune the server's send buffer to about
+# 3 MB for it, and with 1460-byte ones to about 75 KB, as it would for a remote client.
+STALL_MSS = 1460
+# What a stalled participant asks for in all (long replies it never reads): well over what
+# the server's buffers hold for it, so the server's writes block and its write deadline fires.
+STALL_BYTES = 400_000
 # A /v3/ws client may get the failure another lifecycle asked the speech-to-text emulator
 # for: its close code is then forwarded from upstream.
 STT_FAILURES = (3005, 3006, 3007, 3008, 1008)
@@ -182,12 +184,15 @@ class StalledSocket:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, path: str, *, rcvbuf: int = STALL_RCVBUF
+        cls, host: str, port: int, path: str, *, rcvbuf: int = STALL_RCVBUF, mss: int = STALL_MSS
     ) -> tuple[StalledSocket | None, int]:
         """(the socket, 101), or (None, the refusal's HTTP status; 0 if it failed to connect)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
+        # before connect: the window and the segment size are announced in the handshake
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         sock.setblocking(False)
         try:
             async with asyncio.timeout(10):
@@ -556,27 +561,28 @@ class Lifecycles:
         return outcome + (f", {refused} refused" if refused else "")
 
     async def stalled_participant(self, kind: str, i: int, rng: random.Random) -> str:
-        """A participant asking for more than the server's buffers hold, never reading it."""
+        """A participant asking for long replies, never reading them."""
         sock, status = await StalledSocket.open(self.host, self.port, "/v1/realtime")
         if sock is None:
             return f"refused {status}"
         # per_turn: replies run side by side (up to max_inflight), none cancels another
         update = {"type": "session.update", "session": {"preset": "per_turn"}}
+        turns = rng.randint(1, 3)
         sent = 0
         if await sock.send_text(orjson.dumps(update)):
-            for order in range(STALL_TURNS):
-                said = turn(order, long_text(rng, STALL_BYTES // STALL_TURNS // 2501, 2500))
-                said["words"] = []  # the transcript alone: the frame stays under 1 MiB
+            for order in range(turns):
+                said = turn(order, long_text(rng, STALL_BYTES // turns // 2501, 2500))
+                said["words"] = []  # the transcript alone: the frame stays small
                 if not await sock.send_text(orjson.dumps(said)):
                     break
                 sent += 1
         parked = rng.random() < 0.25
         if parked:
-            self.parked.append(sock)
+            self.parked.append(sock)  # the server must release it all the same
         else:
-            await asyncio.sleep(rng.uniform(0.2, 2.5))  # before or after the write deadline
+            await asyncio.sleep(rng.uniform(0.2, 3.0))  # before or after the server gives up
             sock.close(reset=rng.random() < 0.5)
-        return f"sent {sent} long turns" + (", parked" if parked else "")
+        return f"sent {sent} of {turns} long turns" + (", parked" if parked else "")
 
     async def viewers_join_while_ending(self, kind: str, i: int, rng: random.Random) -> str:
         """Viewers connect while the session ends: before, during and after its end."""
@@ -695,7 +701,7 @@ class Lifecycles:
         for k in range(n):
             sock, _ = await StalledSocket.open(self.host, self.port, "/v1/realtime")
             if sock is not None:
-                said = turn(0, long_text(rng, 300, 2500))
+                said = turn(0, long_text(rng, STALL_BYTES // 2501, 2500))
                 said["words"] = []
                 await sock.send_text(orjson.dumps(said))
                 self.parked.append(sock)
