@@ -106,6 +106,7 @@ class Server:
 
     def __init__(self, settings: ServerSettings, gateway: Any) -> None:
         from realtime.endpoints import aai_ws, http, realtime_ws
+        from realtime.endpoints import web as web_page
 
         self.settings = settings
         self.gateway = gateway
@@ -134,6 +135,7 @@ class Server:
         self.app = web.Application()
         self.app.router.add_routes(realtime_ws.routes(self))
         self.app.router.add_routes(http.routes(self))
+        self.app.router.add_routes(web_page.routes(self))
         if settings.stt_url:
             self.app.router.add_routes(aai_ws.routes(self))
         self._runner: web.AppRunner | None = None
