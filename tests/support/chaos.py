@@ -37,7 +37,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,9 @@ class ChaosConfig:
     lifecycles: int = 300
     concurrency: int = 30
     write_timeout_s: float = 1.0
+    # A participant that drops without Termination leaves its session detached this long,
+    # for a resume (when the server has resume windows); the release checks wait longer.
+    resume_window_ms: int = 1000
     max_connections: int = 1000
     token_delay: float = 0.002
     reply_words: int = 12
@@ -448,7 +451,7 @@ async def run_chaos(
             max_connections=config.max_connections,
             stt_url=stt_emu.url + "/v3/ws",
             stt_api_key=None,
-            default_config=SessionConfig.from_defaults(model="gpt-4.1"),
+            default_config=_session_defaults(config),
         )
         async with contextlib.AsyncExitStack() as stack:
             gateway = await stack.enter_async_context(
@@ -537,6 +540,13 @@ async def run_chaos(
         report.fds_after = await _settled_fds(report.fds_before + config.fd_slack, 5.0)
     report.wall_s = time.perf_counter() - wall
     return report
+
+
+def _session_defaults(config: ChaosConfig) -> SessionConfig:
+    overrides: dict[str, object] = {"model": "gpt-4.1"}
+    if "resume_window_ms" in {f.name for f in fields(SessionConfig)}:
+        overrides["resume_window_ms"] = config.resume_window_ms
+    return SessionConfig.from_defaults(**overrides)
 
 
 @contextlib.asynccontextmanager
