@@ -37,6 +37,9 @@ from realtime.strict_ws import harden
 log = logging.getLogger("realtime.server")
 
 VIEWER_SNDBUF = 64 * 1024  # a viewer's kernel send buffer: lag shows early, memory stays bounded
+# A participant's: enough for text at any realistic round trip (256 KiB per 100 ms RTT is
+# 2.5 MB/s), small enough that one that stops reading meets the write deadline early.
+PARTICIPANT_SNDBUF = 256 * 1024
 FDS_PER_CONNECTION = 2  # its socket, and an upstream speech-to-text socket when it sends audio
 FDS_RESERVED = 128  # listening sockets, the gateway pool's base, logs, /healthz and /metrics
 SHUTDOWN_CLOSE_S = 1.0  # connections not closed by then are aborted
@@ -128,6 +131,7 @@ class Server:
         self._ended: OrderedDict[str, float] = OrderedDict()  # session id -> when it ended
         self.connections: dict[int, Connection] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._session_tasks: set[asyncio.Task[None]] = set()
         self._admitted = 0  # WebSocket handlers running (upgraded or about to be)
         self._conn_ids = itertools.count(1)
         self._watchdog: asyncio.Task[None] | None = None
@@ -164,7 +168,7 @@ class Server:
             session.shutdown()
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
-        handlers = [t for t in self._handlers if not t.done()]
+        handlers = [t for t in (*self._handlers, *self._session_tasks) if not t.done()]
         if handlers:
             _, pending = await asyncio.wait(handlers, timeout=SHUTDOWN_CLOSE_S)
             if pending:
@@ -201,6 +205,7 @@ class Server:
             "sessions": len(self.sessions),
             "connections": len(self.connections),
             "handlers": sum(1 for t in self._handlers if not t.done()),
+            "session_runs": sum(1 for t in self._session_tasks if not t.done()),
             "session_tasks": sum(len(s._streams) for s in self.sessions.values()),
             "gauge_sessions": int(self.metrics.sessions_active.value()),
             "gauge_connections": int(gauge.value("participant") + gauge.value("viewer")),
@@ -295,6 +300,21 @@ class Server:
         """Register a new session; called before its creator's handler first awaits."""
         self.sessions[session.id] = session
 
+    def start_session(self, session: Session) -> None:
+        """Register a new session and start its own task, which the server owns (a session
+        may outlive the connection that created it, for the resume window) and awaits on
+        shutdown. Called before the creator's handler first awaits."""
+        self.register(session)
+        task = asyncio.create_task(self._live(session))
+        self._session_tasks.add(task)
+        task.add_done_callback(self._session_tasks.discard)
+
+    async def _live(self, session: Session) -> None:
+        try:
+            await session.live()
+        finally:
+            self.unregister(session)
+
     def unregister(self, session: Session) -> None:
         """Only the session that registered an id removes it. The id is remembered for a
         while, so a late joiner learns the session ended (404) instead of starting anew."""
@@ -329,13 +349,13 @@ class Server:
                     conn.abort()
 
 
-def shrink_send_buffer(request: web.Request) -> None:
-    """A viewer's small kernel send buffer makes its lag show early and bounds memory."""
+def shrink_send_buffer(request: web.Request, size: int = VIEWER_SNDBUF) -> None:
+    """A small kernel send buffer makes a peer's lag show early and bounds memory."""
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is not None:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SNDBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         except OSError:
             pass
 

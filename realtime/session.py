@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 from gateway_client import GatewayError, GatewayTimeout
 from realtime.connection import CLOSE_POLICY, Connection
 from realtime.core.config import SessionConfig
-from realtime.core.inbound import ClientMessage, Termination
+from realtime.core.inbound import ClientMessage, ResponseCancel, Termination
 from realtime.core.outbound import Outbound
 from realtime.core.replies import Completion, Failure
 from realtime.core.session import (
@@ -51,6 +52,7 @@ log = logging.getLogger("realtime.session")
 now = time.perf_counter
 
 RELAY_CONN = 0  # the connection id of events that speech-to-text produced
+REPLAY_LOG = 4096  # messages a session keeps for participants that resume (PROTOCOL.md)
 
 
 def new_id(prefix: str) -> str:
@@ -91,6 +93,15 @@ class Session:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.relay: Relay | None = None
+        # Resuming (PROTOCOL.md "Resuming a session"): every message gets the next `seq` and
+        # is kept in a bounded replay log; the token lets a dropped participant back in.
+        self.seq = 0
+        self.replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_LOG)
+        self.resume_token = secrets.token_urlsafe(24)
+        self.finished = asyncio.Event()  # set when the session is to end
+        self.started = asyncio.Event()  # set once its TaskGroup runs
+        self._detached: asyncio.TimerHandle | None = None
+        self._detached_at = 0  # the seq when its last participant left
         # False: speech-to-text only (a /v3/ws client that asked for no LLM replies); turns
         # then fire nothing and only the end of input reaches the core.
         self.llm = True
@@ -102,13 +113,20 @@ class Session:
 
     @property
     def accepting(self) -> bool:
-        return self.core.accepting and self._tg is not None
+        return self.core.accepting and not self.finished.is_set()
 
     @property
     def ended(self) -> bool:
         return self.core.ended
 
     # ---- lifecycle --------------------------------------------------------------------
+
+    async def live(self) -> None:
+        """The session's own task (owned by the server): runs until the session is to end
+        (its input ended and drained, its last participant gone past the resume window, or
+        shutdown), then ends it and awaits everything it started."""
+        async with self.running():
+            await self.finished.wait()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Session]:
@@ -121,12 +139,17 @@ class Session:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self.started.set()
                 try:
                     yield self
                 finally:
                     self.end("client", CLOSE_NORMAL)
         finally:
             self._tg = None
+            self.finished.set()
+            if self._detached is not None:
+                self._detached.cancel()
+                self._detached = None
             for handle in self._timers.values():
                 handle.cancel()
             self._timers.clear()
@@ -147,6 +170,7 @@ class Session:
         self.run(self.core.end(reason, close_code, now()))
         if self.relay is not None:
             self.relay.close()
+        self.finished.set()
 
     def shutdown(self) -> None:
         self.end("shutdown", CLOSE_GOING_AWAY)
@@ -158,18 +182,68 @@ class Session:
 
     # ---- connections ------------------------------------------------------------------
 
-    def attach(self, conn: Connection) -> bool:
-        """Add a connection and send it `session.created`; False if the session is over."""
+    def attach(self, conn: Connection, *, last_seq: int | None = None) -> bool:
+        """Add a connection: `session.created`, or with `last_seq` `session.resumed` and
+        every kept message after it, in the same step, so nothing is lost or sent twice.
+        False if the session is over."""
         if not self.accepting:
             return False
-        self.connections[conn.id] = conn
+        if last_seq is None:
+            outputs = self.core.join(conn.id, conn.role)
+            if conn.role == "participant":
+                created = outputs[0]
+                assert isinstance(created, SendTo)
+                fields = dict(created.message.fields or {})
+                fields["resume_token"] = self.resume_token
+                outputs = [SendTo(conn.id, Outbound("session.created", fields))]
+            self.connections[conn.id] = conn
+            self.run(outputs)
+        else:
+            resumed = self.core.resumed(last_seq)
+            conn.offer(resumed, self._stamped(resumed, self.seq))
+            for seq, data in self.replay:
+                if seq > last_seq:
+                    conn.offer_bytes(data)
+            self.connections[conn.id] = conn
         self.deps.metrics.connections_active.add(1, conn.role)
-        self.run(self.core.join(conn.id, conn.role))
+        if conn.role == "participant" and self._detached is not None:
+            self._detached.cancel()
+            self._detached = None
+            self.log.info("session resumed", extra={"last_seq": last_seq})
         return True
 
+    def can_resume_from(self, last_seq: int) -> bool:
+        """Whether every message after `last_seq` is still in the replay log."""
+        if last_seq > self.seq:
+            return False
+        if last_seq == self.seq:
+            return True
+        return bool(self.replay) and self.replay[0][0] <= last_seq + 1
+
     def detach(self, conn: Connection) -> None:
-        if self.connections.pop(conn.id, None) is not None:
-            self.deps.metrics.connections_active.add(-1, conn.role)
+        if self.connections.pop(conn.id, None) is None:
+            return
+        self.deps.metrics.connections_active.add(-1, conn.role)
+        if conn.role == "participant" and not self.participants() and not self.finished.is_set():
+            self._last_participant_left()
+
+    def _last_participant_left(self) -> None:
+        """Without Termination the session waits, detached, for a participant to resume it;
+        replies in flight keep streaming into the replay log. Window 0: it ends now."""
+        window_ms = self.config.resume_window_ms
+        if window_ms <= 0 or self.core.closing:
+            self.end("client", CLOSE_NORMAL)
+            return
+        self._detached_at = self.seq
+        loop = asyncio.get_running_loop()
+        self._detached = loop.call_later(window_ms / 1000, self._window_expired)
+        self.log.info("session detached", extra={"resume_window_ms": window_ms})
+
+    def _window_expired(self) -> None:
+        self._detached = None
+        if not self.participants():
+            self.log.info("resume window expired")
+            self.end("client", CLOSE_NORMAL)
 
     def participants(self) -> list[Connection]:
         return [c for c in self.connections.values() if c.role == "participant"]
@@ -218,9 +292,7 @@ class Session:
             if type(o) is Publish:
                 self._publish(o.message)
             elif isinstance(o, SendTo):
-                conn = self.connections.get(o.conn)
-                if conn is not None and not conn.offer(o.message, o.message.encode()):
-                    conn.drop(CLOSE_POLICY, "too slow")
+                self._send_to(o)
             elif isinstance(o, StartStream):
                 if self._tg is not None:
                     self._streams[o.response_id] = self._tg.create_task(self._stream(o))
@@ -243,11 +315,35 @@ class Session:
             elif isinstance(o, CloseAll):
                 for conn in list(self.connections.values()):
                     conn.close(o.code, o.reason)
+                self.finished.set()
             elif isinstance(o, Log):
                 self.log.log(o.level, o.message, extra=o.fields)
 
+    def _stamped(self, message: Outbound, seq: int) -> bytes:
+        return message.encode(seq)
+
+    def _next_seq(self, data_of: Outbound) -> tuple[int, bytes]:
+        self.seq += 1
+        data = data_of.encode(self.seq)
+        self.replay.append((self.seq, data))
+        if self._detached is not None and self.seq - self._detached_at >= REPLAY_LOG - 16:
+            # Nobody reads while detached: a reply that would push what the resuming
+            # participant needs out of the log is cancelled (reason client).
+            self._detached_at = self.seq
+            self.run(self.core.on_message(RELAY_CONN, ResponseCancel(None), now()))
+        return self.seq, data
+
+    def _send_to(self, o: SendTo) -> None:
+        conn = self.connections.get(o.conn)
+        if o.message.type == "session.created":  # carries the current seq, takes none
+            data = o.message.encode(self.seq)
+        else:
+            _, data = self._next_seq(o.message)
+        if conn is not None and not conn.offer(o.message, data):
+            conn.drop(CLOSE_POLICY, "too slow")
+
     def _publish(self, message: Outbound) -> None:
-        data = message.encode()
+        _, data = self._next_seq(message)
         for conn in list(self.connections.values()):
             if not conn.offer(message, data):
                 if conn.role == "viewer":

@@ -101,6 +101,9 @@ class SessionConfig:
     interrupt_min_words: int = 1
     max_inflight: int = 4
     format_wait_ms: int = 300
+    # How long a session whose last participant dropped (without Termination) stays alive,
+    # detached, for a participant to resume it (PROTOCOL.md "Resuming a session"); 0: it ends.
+    resume_window_ms: int = 30_000
 
     @classmethod
     def from_defaults(cls, **overrides: object) -> SessionConfig:
@@ -394,4 +397,5 @@ _VALIDATORS: dict[str, Callable[[str, object], object]] = {
     "interrupt_min_words": _int_range(1, 50),
     "max_inflight": _int_range(1, 32),
     "format_wait_ms": _int_range(0, 5000),
+    "resume_window_ms": _int_range(0, 600_000),
 }

@@ -27,6 +27,7 @@ __all__ = [
     "response_queued",
     "response_truncated",
     "session_created",
+    "session_resumed",
     "session_updated",
     "tool_call_delta",
 ]
@@ -45,10 +46,20 @@ class Outbound:
         """True for the service's own messages, False for relayed speech-to-text ones."""
         return self.raw is None
 
-    def encode(self) -> bytes:
-        if self.raw is not None:
-            return self.raw
-        return orjson.dumps({"type": self.type, **(self.fields or {})})
+    def encode(self, seq: int | None = None) -> bytes:
+        """The message's bytes; with `seq`, carrying it (PROTOCOL.md: every message on
+        /v1/realtime does). A relayed message gets `"seq"` spliced in as its first member,
+        the rest of its bytes unchanged."""
+        raw = self.raw
+        if raw is not None:
+            if seq is None or raw[:1] != b"{":
+                return raw
+            rest = raw[1:].lstrip()
+            sep = b"" if rest[:1] == b"}" else b","
+            return b'{"seq":%d%s%s' % (seq, sep, rest)
+        if seq is None:
+            return orjson.dumps({"type": self.type, **(self.fields or {})})
+        return orjson.dumps({"type": self.type, "seq": seq, **(self.fields or {})})
 
 
 # The service's own message types (everything else a client sees is relayed speech-to-text).
@@ -56,6 +67,7 @@ SERVICE_TYPES = frozenset(
     {
         "error",
         "session.created",
+        "session.resumed",
         "session.updated",
         "response.created",
         "response.queued",
@@ -86,6 +98,23 @@ def session_created(
     if history is not None:
         fields["history"] = history
     return Outbound("session.created", fields)
+
+
+def session_resumed(
+    session_id: str,
+    replayed_from: int,
+    config: Mapping[str, Any],
+    history: list[dict[str, Any]],
+) -> Outbound:
+    return Outbound(
+        "session.resumed",
+        {
+            "session_id": session_id,
+            "replayed_from": replayed_from,
+            "session": config,
+            "history": history,
+        },
+    )
 
 
 def session_updated(

@@ -168,13 +168,19 @@ class SessionCore:
 
     def join(self, conn: int, role: str) -> list[Output]:
         """The `session.created` of a new connection, with the history so far."""
-        live = {
-            r.id: r.delivered_text() for r in self.replies.values() if r.state is RS.VISIBLE
-        }
         created = out_msg.session_created(
-            self.id, role, self.config.to_wire(), self.conversation.history(live)
+            self.id, role, self.config.to_wire(), self.conversation.history(self._live())
         )
         return [SendTo(conn, created)]
+
+    def resumed(self, last_seq: int) -> Outbound:
+        """The `session.resumed` of a connection that comes back after `last_seq`."""
+        return out_msg.session_resumed(
+            self.id, last_seq + 1, self.config.to_wire(), self.conversation.history(self._live())
+        )
+
+    def _live(self) -> dict[str, str]:
+        return {r.id: r.delivered_text() for r in self.replies.values() if r.state is RS.VISIBLE}
 
     # ---- client input -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ last message.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,13 +50,13 @@ class AaiConnection(Connection):
 
     def offer(self, message: Outbound, data: bytes) -> bool:
         kind = message.type
-        if not message.from_service:
+        if message.raw is not None:  # relayed from upstream: byte for byte, no seq
             if kind == "Termination":
-                self._termination = data  # sent last, when the session closes
+                self._termination = message.raw  # sent last, when the session closes
                 return True
             if kind == "Turn" and message.fields is not None:
                 self._remember(message.fields)
-            return self.offer_bytes(data)
+            return self.offer_bytes(message.raw)
         if kind == "response.done" and message.fields is not None:
             if not self.offer_bytes(self._llm_gateway_response(message.fields)):
                 return False
@@ -198,36 +199,40 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
     url = server.settings.stt_url
     assert url is not None
     async with server.handler():
-        session = Session(new_id("s_"), server.deps, config)
+        # AssemblyAI's protocol has no resume: the session ends with its connection.
+        session = Session(new_id("s_"), server.deps, replace(config, resume_window_ms=0))
         session.llm = llm
-        server.register(session)
+        server.start_session(session)
         try:
-            async with session.running():
-                ws = await server.upgrade(request)
-                conn = AaiConnection(
-                    ws,
-                    request,
-                    conn_id=server.next_conn_id(),
-                    role="participant",
-                    limit=server.deps.participant_queue,
-                    stream_llm=stream_llm,
-                    endpoint="/v3/ws",
+            await session.started.wait()
+            ws = await server.upgrade(request)
+        except BaseException:
+            session.end("client", 1000)
+            raise
+        conn = AaiConnection(
+            ws,
+            request,
+            conn_id=server.next_conn_id(),
+            role="participant",
+            limit=server.deps.participant_queue,
+            stream_llm=stream_llm,
+            endpoint="/v3/ws",
+        )
+        server.add_connection(conn)
+        try:
+            if session.attach(conn):
+                relay = AudioRelay(
+                    session, url=url, api_key=server.settings.stt_api_key, params=params
                 )
-                server.add_connection(conn)
+                session.relay = relay
                 try:
-                    session.attach(conn)
-                    relay = AudioRelay(
-                        session, url=url, api_key=server.settings.stt_api_key, params=params
-                    )
-                    session.relay = relay
-                    try:
-                        await conn.serve(lambda: _read(ws, conn, relay), session_id=session.id)
-                    finally:
-                        session.detach(conn)
+                    await conn.serve(lambda: _read(ws, conn, relay), session_id=session.id)
                 finally:
-                    server.forget_connection(conn)
+                    session.detach(conn)
+            else:
+                session.end("client", 1000)
         finally:
-            server.unregister(session)
+            server.forget_connection(conn)
         return ws
 
 

@@ -8,6 +8,7 @@ creator of the same `session_id` joins it instead of replacing it.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 from collections.abc import Mapping
@@ -19,7 +20,12 @@ from realtime.connection import Connection
 from realtime.core.errors import ClientFault
 from realtime.core.inbound import parse_client_frame
 from realtime.relay import AudioRelay, params_from_query
-from realtime.server import json_error, shrink_send_buffer
+from realtime.server import (
+    PARTICIPANT_SNDBUF,
+    VIEWER_SNDBUF,
+    json_error,
+    shrink_send_buffer,
+)
 from realtime.session import Session, new_id
 
 if TYPE_CHECKING:
@@ -49,36 +55,77 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid_request", "session_id must be 1-64 of [A-Za-z0-9_-]")
     existing = server.sessions.get(session_id) if session_id else None
     gone = existing is None and session_id is not None and server.ended_recently(session_id)
-    if (existing is None and role == "viewer") or gone or (existing and not existing.accepting):
+    resuming = "last_seq" in request.query or "resume_token" in request.query
+    if (
+        (existing is None and (role == "viewer" or resuming))
+        or gone
+        or (existing is not None and not existing.accepting)
+    ):
         return json_error(
             404, "no_such_session", "no live session with this id (unknown, ended or expired)"
         )
+    last_seq: int | None = None
+    if resuming:
+        assert existing is not None
+        checked = _check_resume(existing, role, request.query)
+        if isinstance(checked, web.Response):
+            return checked
+        last_seq = checked
     async with server.handler():
         if existing is not None:
             ws = await server.upgrade(request)
-            if role == "viewer":
-                shrink_send_buffer(request)
-            await _attached(server, request, ws, existing, role)
+            shrink_send_buffer(request, VIEWER_SNDBUF if role == "viewer" else PARTICIPANT_SNDBUF)
+            await _attached(server, request, ws, existing, role, last_seq)
             return ws
         session = Session(session_id or new_id("s_"), server.deps)
-        server.register(session)  # before the first await: concurrent creators see it
+        server.start_session(session)  # before the first await: concurrent creators see it
         try:
-            async with session.running():
-                ws = await server.upgrade(request)
-                await _attached(server, request, ws, session, role)
-        finally:
-            server.unregister(session)
+            await session.started.wait()
+            ws = await server.upgrade(request)
+            shrink_send_buffer(request, PARTICIPANT_SNDBUF)
+        except BaseException:
+            session.end("client", 1000)  # its creator never arrived
+            raise
+        await _attached(server, request, ws, session, role, None)
         return ws
 
 
+def _check_resume(session: Session, role: str, query: Mapping[str, str]) -> int | web.Response:
+    """`last_seq` of a resuming connection, or its refusal (PROTOCOL.md "Resuming")."""
+    raw = query.get("last_seq", "")
+    if not raw.isdigit() or len(raw) > 16:
+        return json_error(400, "invalid_request", "last_seq must be a whole number >= 0")
+    last_seq = int(raw)
+    if role == "participant":
+        token = query.get("resume_token", "")
+        if not hmac.compare_digest(token.encode(), session.resume_token.encode()):
+            return json_error(403, "forbidden", "the resume_token does not match this session")
+    if last_seq > session.seq:
+        return json_error(400, "invalid_request", "last_seq is beyond the session's last message")
+    if not session.can_resume_from(last_seq):
+        return json_error(
+            409,
+            "resume_gap",
+            "messages after last_seq are no longer kept; join afresh and use the snapshot",
+        )
+    return last_seq
+
+
 async def _attached(
-    server: Server, request: web.Request, ws: web.WebSocketResponse, session: Session, role: str
+    server: Server,
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    session: Session,
+    role: str,
+    last_seq: int | None,
 ) -> None:
     limit = server.deps.viewer_queue if role == "viewer" else server.deps.participant_queue
     conn = server.new_connection(ws, request, role, limit)
     try:
-        if not session.attach(conn):  # it ended while this connection was upgrading
-            conn.close(1000, "session ended")
+        fits = last_seq is None or session.can_resume_from(last_seq)
+        if not fits or not session.attach(conn, last_seq=last_seq):
+            # it ended (or moved past last_seq) while this connection was upgrading
+            conn.close(1000, "session ended" if fits else "resume gap")
             await conn.serve(_nothing, session_id=session.id)
             return
         try:

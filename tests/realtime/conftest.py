@@ -42,7 +42,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture
 def settings() -> ServerSettings:
     return ServerSettings(
-        host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1")
+        host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1", resume_window_ms=0)
     )
 
 

@@ -45,7 +45,7 @@ def server_settings(**changes: Any) -> Callable[[Any], Any]:
 @pytest.fixture
 def settings(request: pytest.FixtureRequest) -> ServerSettings:
     base = ServerSettings(
-        host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1")
+        host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1", resume_window_ms=0)
     )
     return replace(base, **getattr(request.function, "server_settings", {}))
 
