@@ -12,6 +12,12 @@ is first come, first served, and only its head watches the window; when the head
 records its send time at once (a reservation), so waiters cannot all pass one check. The
 reservation becomes the real send time when the global slot is taken, and is dropped if the
 request is cancelled before that: a cancelled request leaves neither a slot nor a reservation.
+
+Cluster mode (`shared`, realtime/cluster/rates.py): the windows are also kept in Redis, for
+every node. The line stays per node; its head passes when both its node's window and the
+shared one let it, and the shared window's reservation is restamped or dropped as the local
+one is. When Redis does not answer, the node's own window decides (`SharedRates.admit` returns
+None). The global cap stays per node.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 WINDOW_S = 60.0
 MAX_MODELS = 1024  # per-model windows kept, least recently used dropped first
@@ -79,6 +86,36 @@ class RateWindow:
         del self._sent[: bisect_right(self._sent, now - self.window)]
 
 
+class SharedRates(Protocol):
+    """Rate windows shared with other nodes (`realtime.cluster.rates.SharedWindows`)."""
+
+    window: float
+
+    def member(self) -> str:
+        """A new request id, unique across nodes."""
+        ...
+
+    async def admit(self, model: str, limit: int, member: str) -> float | None:
+        """0.0: admitted, `member` reserved; > 0: seconds to wait; None: no answer (local)."""
+        ...
+
+    async def estimate(self, model: str, limit: int, ahead: int) -> float | None:
+        """Seconds until a request with `ahead` others before it may go; None: no answer."""
+        ...
+
+    def sent(self, model: str, member: str) -> None:
+        """`member` is sent now (queued write)."""
+        ...
+
+    def forget(self, model: str, member: str) -> None:
+        """`member` will never be sent (queued write)."""
+        ...
+
+    def block(self, model: str, seconds: float) -> None:
+        """Hold `model` for every node for `seconds` (queued write)."""
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class _Model:
     """One model's window and the line of requests waiting for it."""
@@ -100,6 +137,7 @@ class Limiter:
         max_models: int = MAX_MODELS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        shared: SharedRates | None = None,
     ) -> None:
         if max_models < 1:
             raise ValueError("max_models must be >= 1")
@@ -110,6 +148,8 @@ class Limiter:
         self._models: OrderedDict[str, _Model] = OrderedDict()  # least recently used first
         self._clock = clock
         self._sleep = sleep
+        self.shared = shared
+        self._window_s = shared.window if shared is not None else WINDOW_S
         self.in_flight = 0
 
     @property
@@ -133,7 +173,10 @@ class Limiter:
         # Small values are seconds from now; large ones an epoch time (the unit is undocumented).
         now = self._clock()
         delay = reset_s - time.time() if reset_s > 1e9 else reset_s
-        self.window(model).block_until(now + max(0.0, min(delay, WINDOW_S)))
+        hold = max(0.0, min(delay, WINDOW_S))
+        self.window(model).block_until(now + hold)
+        if self.shared is not None and hold > 0:
+            self.shared.block(model, hold)
 
     @asynccontextmanager
     async def slot(
@@ -147,21 +190,26 @@ class Limiter:
         Cancelled while waiting, the request takes no slot and leaves no reservation.
         """
         entry = self._model(model)
-        if on_wait is not None:
-            expected = entry.window.delay(self._clock(), ahead=entry.queued)
-            if expected > 0:
-                on_wait(expected)
-                on_wait = None
         entry.users += 1
         try:
-            reserved = await self._wait_in_line(entry, on_wait)
+            if on_wait is not None:
+                expected = await self._expected(model, entry)
+                if expected > 0:
+                    on_wait(expected)
+                    on_wait = None
+            reserved, member = await self._wait_in_line(model, entry, on_wait)
+            waits = self._sem.locked()
             try:
                 await self._sem.acquire()
             except BaseException:
                 entry.window.forget(reserved)
+                if member is not None and self.shared is not None:
+                    self.shared.forget(model, member)
                 raise
             entry.window.forget(reserved)  # the reservation becomes the real send time
             entry.window.record(self._clock())
+            if member is not None and waits and self.shared is not None:
+                self.shared.sent(model, member)
         finally:
             entry.users -= 1
         self.in_flight += 1
@@ -171,29 +219,68 @@ class Limiter:
             self.in_flight -= 1
             self._sem.release()
 
-    async def _wait_in_line(self, entry: _Model, on_wait: Callable[[float], None] | None) -> float:
-        """Wait for the model's window, behind earlier requests; reserve a send; return its time."""
+    async def _expected(self, model: str, entry: _Model) -> float:
+        """The wait a request entering the line is told: behind `entry.queued` others."""
+        ahead = entry.queued
+        expected = entry.window.delay(self._clock(), ahead=ahead)
+        if self.shared is not None and ahead > 0:  # with none ahead, the head's answer says it
+            remote = await self.shared.estimate(model, self.per_model_per_minute, ahead)
+            if remote is not None:
+                expected = max(expected, remote)
+        return expected
+
+    async def _wait_in_line(
+        self, model: str, entry: _Model, on_wait: Callable[[float], None] | None
+    ) -> tuple[float, str | None]:
+        """Wait for the model's window, behind earlier requests; reserve a send. Returns its
+        local time and its member in the shared window (None: not reserved there)."""
         entry.queued += 1
         try:
             async with entry.line:
                 # The window can close again while the head sleeps (the gateway's headers).
-                while (wait := entry.window.delay(self._clock())) > 0:
+                while True:
+                    member = None
+                    wait = entry.window.delay(self._clock())
+                    if wait <= 0 and self.shared is not None:
+                        member, wait = await self._admit_shared(model)
+                    if wait <= 0:
+                        break
                     if on_wait is not None:
                         on_wait(wait)
                         on_wait = None
                     await self._sleep(wait)
                 now = self._clock()
                 entry.window.record(now)
-                return now
+                return now, member
         finally:
             entry.queued -= 1
+
+    async def _admit_shared(self, model: str) -> tuple[str | None, float]:
+        """Ask the shared window: (member reserved there or None, seconds to wait)."""
+        assert self.shared is not None
+        shared, limit = self.shared, self.per_model_per_minute
+        member = shared.member()
+        try:
+            wait = await shared.admit(model, limit, member)
+        except BaseException:
+            shared.forget(model, member)  # cancelled mid-call: the script may have admitted it
+            raise
+        if wait is not None and wait > 0:
+            return None, wait
+        if limit <= 0:  # only the gateway's block was checked: nothing is kept in the window
+            return None, 0.0
+        if wait is None:  # no answer: this node's window decided; Redis learns it when back
+            shared.sent(model, member)
+        return member, 0.0
 
     def _model(self, model: str) -> _Model:
         entry = self._models.get(model)
         if entry is not None:
             self._models.move_to_end(model)
             return entry
-        entry = self._models[model] = _Model(RateWindow(self.per_model_per_minute))
+        entry = self._models[model] = _Model(
+            RateWindow(self.per_model_per_minute, window=self._window_s)
+        )
         self._evict(keep=model)
         return entry
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -33,6 +33,9 @@ from realtime.logs import RateLimitFilter
 from realtime.metrics import ServiceMetrics
 from realtime.session import Deps, Session
 from realtime.strict_ws import harden
+
+if TYPE_CHECKING:
+    from realtime.cluster.rates import SharedWindows
 
 log = logging.getLogger("realtime.server")
 
@@ -70,6 +73,8 @@ class ServerSettings:
     v3_default_llm: bool = False
     # With auth on, /metrics needs a token too unless this is set (/healthz never does).
     public_metrics: bool = False
+    # Cluster mode: per-model rate windows shared through this Redis; None: in-process only.
+    redis_url: str | None = None
     default_config: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -114,9 +119,15 @@ class Server:
         self.settings = settings
         self.gateway = gateway
         self.metrics = ServiceMetrics()
+        self.rates: SharedWindows | None = None  # the shared rate windows (cluster mode)
+        if settings.redis_url:
+            from realtime.cluster.rates import SharedWindows
+
+            self.rates = SharedWindows(settings.redis_url)
         self.limiter = Limiter(
             max_concurrent=settings.max_concurrent_requests,
             per_model_per_minute=settings.rate_limit_per_minute,
+            shared=self.rates,
         )
         self.deps = Deps(
             gateway=gateway,
@@ -149,6 +160,8 @@ class Server:
 
     async def start(self) -> None:
         _quiet_accept_errors()
+        if self.rates is not None:
+            await self.rates.start()  # bounded; with Redis down, windows fall back to local
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
@@ -186,6 +199,8 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.rates is not None:
+            await self.rates.close()
 
     async def __aenter__(self) -> Server:
         await self.start()
