@@ -187,6 +187,10 @@ def _stt_url(text: str) -> str:
     return _url(text, ("ws", "wss"), "wss://streaming.assemblyai.com/v3/ws")
 
 
+def _redis_url(text: str) -> str:
+    return _url(text, ("redis", "rediss"), "redis://127.0.0.1:6379/0")
+
+
 # --- a parser whose options may also come from the environment --------------------------------
 
 
@@ -435,6 +439,16 @@ def _serve_options(serve: _Parser) -> None:
         shown="0 = no limit; the AssemblyAI gateway allows 30 on paid plans",
         help="requests per model per minute; requests beyond it wait instead of drawing a 429",
     )
+    serve.option(
+        "--redis-url",
+        env="REDIS_URL",
+        parse=_redis_url,
+        metavar="URL",
+        shown="none: this node's limits are its own",
+        help="cluster mode: nodes given the same Redis share the per-model --rate-limit windows "
+        "(--max-concurrent stays per node); while Redis does not answer, each node falls back "
+        "to its own windows",
+    )
     for phase, default, what in (
         ("connect", 5.0, "to connect to the gateway"),
         ("first-token", 30.0, "from request sent to the first streamed token"),
@@ -600,6 +614,7 @@ def server_settings(
         max_connections=max_connections,
         v3_default_llm=args.v3_default_llm,
         public_metrics=args.public_metrics,
+        redis_url=args.redis_url,
     )
 
 
