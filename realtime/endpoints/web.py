@@ -125,7 +125,9 @@ def refusal(server: Server, request: web.Request) -> tuple[int, str, str] | None
         return 400, "invalid_request", "session_id must be 1-64 of [A-Za-z0-9_-]"
     live = server.sessions.get(session_id)
     gone = live is None and server.ended_recently(session_id)
-    if (live is None and role == "viewer") or gone or (live is not None and not live.accepting):
+    # Viewers and resuming participants (PROTOCOL.md "Resuming a session") need it live.
+    needs_live = role == "viewer" or "resume_token" in request.query
+    if (live is None and needs_live) or gone or (live is not None and not live.accepting):
         return 404, "no_such_session", "no live session with this id (unknown, ended or expired)"
     return None
 
