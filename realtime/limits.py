@@ -50,17 +50,23 @@ class RateWindow:
         With `ahead` requests in line before it, each sent as early as the window allows:
         the estimate a queued request is told (`Limiter.slot`'s `on_wait`).
         """
+        return self.delays(now, ahead + 1)[-1]
+
+    def delays(self, now: float, count: int) -> list[float]:
+        """`delay(now, ahead=k)` for each k in 0..count-1, in one pass."""
         self._expire(now)
         when = max(now, self._blocked_until)
         if self.limit <= 0:
-            return when - now
+            return [when - now] * count
         times = self._sent[-self.limit :]  # only the newest `limit` sends decide
-        for _ in range(ahead + 1):
+        waits: list[float] = []
+        for _ in range(count):
             if len(times) >= self.limit:
                 # One more may go once the limit-th newest send has left the window.
                 when = max(when, times[-self.limit] + self.window)
             times.append(when)
-        return when - now
+            waits.append(when - now)
+        return waits
 
     def record(self, now: float) -> None:
         """A request is sent (or reserved to be sent) at `now`."""
@@ -99,8 +105,8 @@ class SharedRates(Protocol):
         """0.0: admitted, `member` reserved; > 0: seconds to wait; None: no answer (local)."""
         ...
 
-    async def estimate(self, model: str, limit: int, ahead: int) -> float | None:
-        """Seconds until a request with `ahead` others before it may go; None: no answer."""
+    async def estimate(self, model: str, limit: int, ahead: int) -> list[float] | None:
+        """Seconds until the requests 0..`ahead` in a line may go; None: no answer."""
         ...
 
     def sent(self, model: str, member: str) -> None:
@@ -122,7 +128,9 @@ class _Model:
 
     window: RateWindow
     line: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO; its holder is the head
-    queued: int = 0  # requests in the line, the head included
+    # The requests in the line, in its order (the head first), each with its `on_wait` until
+    # it is told its wait (then None).
+    waiting: dict[object, Callable[[float], None] | None] = field(default_factory=dict)
     users: int = 0  # requests between entering the line and being sent (or cancelled)
 
 
@@ -186,8 +194,9 @@ class Limiter:
 
         Waits first in `model`'s line for its rate window, then for a global slot. If the
         request must wait for the window, `on_wait` is called once with the expected wait in
-        seconds (before waiting; or, if the window closes while it is in line, when it does).
-        Cancelled while waiting, the request takes no slot and leaves no reservation.
+        seconds (before waiting; or, if the window closes while it is in line, when the head of
+        the line learns it: each request not yet told is told its estimate then). Cancelled
+        while waiting, the request takes no slot and leaves no reservation.
         """
         entry = self._model(model)
         entry.users += 1
@@ -220,21 +229,39 @@ class Limiter:
             self._sem.release()
 
     async def _expected(self, model: str, entry: _Model) -> float:
-        """The wait a request entering the line is told: behind `entry.queued` others."""
-        ahead = entry.queued
+        """The wait a request entering the line is told, behind those already in it."""
+        ahead = len(entry.waiting)
         expected = entry.window.delay(self._clock(), ahead=ahead)
         if self.shared is not None and ahead > 0:  # with none ahead, the head's answer says it
             remote = await self.shared.estimate(model, self.per_model_per_minute, ahead)
             if remote is not None:
-                expected = max(expected, remote)
+                expected = max(expected, remote[-1])
         return expected
+
+    async def _tell(self, model: str, entry: _Model, wait: float) -> None:
+        """The head must wait `wait` s: tell it, and each request behind it not yet told."""
+        untold = [(k, t) for k, (t, cb) in enumerate(entry.waiting.items()) if cb is not None]
+        if not untold:
+            return
+        last = untold[-1][0]
+        waits = entry.window.delays(self._clock(), last + 1)
+        if self.shared is not None and last > 0:
+            remote = await self.shared.estimate(model, self.per_model_per_minute, last)
+            for k, r in enumerate(remote or ()):  # at most MAX_AHEAD + 1 of them
+                waits[k] = max(waits[k], r)
+        for k, token in untold:
+            on_wait = entry.waiting.get(token)  # gone if it was cancelled meanwhile
+            if on_wait is not None:
+                entry.waiting[token] = None
+                on_wait(max(wait, waits[k]) if k else wait)
 
     async def _wait_in_line(
         self, model: str, entry: _Model, on_wait: Callable[[float], None] | None
     ) -> tuple[float, str | None]:
         """Wait for the model's window, behind earlier requests; reserve a send. Returns its
         local time and its member in the shared window (None: not reserved there)."""
-        entry.queued += 1
+        token = object()
+        entry.waiting[token] = on_wait
         try:
             async with entry.line:
                 # The window can close again while the head sleeps (the gateway's headers).
@@ -245,15 +272,13 @@ class Limiter:
                         member, wait = await self._admit_shared(model)
                     if wait <= 0:
                         break
-                    if on_wait is not None:
-                        on_wait(wait)
-                        on_wait = None
+                    await self._tell(model, entry, wait)
                     await self._sleep(wait)
                 now = self._clock()
                 entry.window.record(now)
                 return now, member
         finally:
-            entry.queued -= 1
+            del entry.waiting[token]
 
     async def _admit_shared(self, model: str) -> tuple[str | None, float]:
         """Ask the shared window: (member reserved there or None, seconds to wait)."""

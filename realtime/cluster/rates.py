@@ -59,7 +59,8 @@ T = TypeVar("T")
 # KEYS[1] the model's sorted set of send times; KEYS[2] its block key.
 # ARGV: limit (0 = none: only the block holds), window (ms), member ('' = estimate only),
 # requests in line ahead of this one (for the estimate).
-# Returns 0 if admitted (the member is added), else the milliseconds to wait.
+# Returns 0 if admitted (the member is added), else the milliseconds to wait; with no member,
+# the milliseconds each of the requests 0..ahead in a line would wait (a list).
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -69,19 +70,21 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local when = now
 local blocked = redis.call('PTTL', KEYS[2])
 if blocked > 0 then when = now + blocked end
+local waits, times = {}, {}
 if limit > 0 then
-  local times = {}
   local newest = redis.call('ZRANGE', KEYS[1], -limit, -1, 'WITHSCORES')
   for i = 2, #newest, 2 do times[#times + 1] = tonumber(newest[i]) end
-  for _ = 0, ahead do
-    if #times >= limit then
-      local opens = times[#times - limit + 1] + window
-      if opens > when then when = opens end
-    end
-    times[#times + 1] = when
-  end
 end
-if when > now or member == '' then return when - now end
+for k = 0, ahead do
+  if limit > 0 and #times >= limit then
+    local opens = times[#times - limit + 1] + window
+    if opens > when then when = opens end
+  end
+  times[#times + 1] = when
+  waits[k + 1] = when - now
+end
+if member == '' then return waits end
+if waits[1] > 0 then return waits[1] end
 if limit > 0 then
   redis.call('ZADD', KEYS[1], now, member)
   redis.call('PEXPIRE', KEYS[1], window)
@@ -190,18 +193,28 @@ class SharedWindows:
     async def close(self) -> None:
         """Write what is queued (briefly, if Redis answers), stop the writer, close the pool."""
         if self._writer is not None:
-            if self.healthy and not self._idle.is_set():
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await self._idle.wait()
-                except TimeoutError:
-                    pass
+            if self.healthy:
+                await self.written()
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    async def written(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is written; False if not within `timeout` (default:
+        the store's call deadline)."""
+        if self._idle.is_set():
+            return True
+        if self._writer is None:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout if timeout is None else timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # ---- keys -------------------------------------------------------------------------
 
@@ -220,20 +233,22 @@ class SharedWindows:
     async def admit(self, model: str, limit: int, member: str) -> float | None:
         """Admit one request for `model` (0.0: `member` is now in the window) or say how many
         seconds until the window may let one through; None: Redis did not answer."""
-        return await self._ask(model, limit, member, 0)
+        result = await self._ask(model, limit, member, 0)
+        return None if result is None else max(0.0, int(result) / 1000)
 
-    async def estimate(self, model: str, limit: int, ahead: int) -> float | None:
-        """Seconds until a request with `ahead` others before it may go; None: no answer."""
-        return await self._ask(model, limit, "", min(ahead, MAX_AHEAD))
+    async def estimate(self, model: str, limit: int, ahead: int) -> list[float] | None:
+        """Seconds until each of the requests 0..`ahead` in a line may go (at most
+        MAX_AHEAD + 1 of them); None: Redis did not answer."""
+        result = await self._ask(model, limit, "", min(ahead, MAX_AHEAD))
+        return None if result is None else [max(0.0, int(ms) / 1000) for ms in result]
 
-    async def _ask(self, model: str, limit: int, member: str, ahead: int) -> float | None:
+    async def _ask(self, model: str, limit: int, member: str, ahead: int) -> Any:
         script = self._admit
         if script is None:
             return None
         args = (max(0, limit), self._ms(self.window), member, ahead)
         keys = (self.key(model), self.block_key(model))
-        result = await self._call(lambda: script(keys=keys, args=args))
-        return None if result is None else max(0.0, int(result) / 1000)
+        return await self._call(lambda: script(keys=keys, args=args))
 
     # ---- writes, queued ---------------------------------------------------------------
 

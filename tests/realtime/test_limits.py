@@ -45,6 +45,15 @@ def test_window_estimates_the_wait_behind_requests_in_line():
     assert [w.delay(0, ahead=n) for n in range(4)] == [70, 70, 130, 130]
 
 
+def test_window_delays_give_each_place_in_line_in_one_pass():
+    w = RateWindow(limit=2, window=60)
+    w.record(0)
+    assert w.delays(0, 4) == [w.delay(0, ahead=k) for k in range(4)] == [0, 60, 60, 120]
+    w.block_until(70)
+    assert w.delays(0, 3) == [70, 70, 130]
+    assert RateWindow(limit=0).delays(5, 3) == [0, 0, 0]
+
+
 def test_window_forgets_a_reservation_and_keeps_sends_sorted():
     w = RateWindow(limit=3, window=60)
     w.record(20)
