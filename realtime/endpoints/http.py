@@ -24,6 +24,12 @@ def routes(server: Server) -> list[web.RouteDef]:
             return json_error(503, "shutting_down", "the server is shutting down")
         if server.at_capacity():
             return json_error(503, "over_capacity", "the server is at its connection limit")
+        if server.rates is not None and not server.rates.healthy:
+            return json_error(
+                503,
+                "over_capacity",
+                "Redis does not answer: rate windows are this node's own until it is back",
+            )
         return web.Response(body=b'{"status":"ready"}', content_type="application/json")
 
     async def metrics(request: web.Request) -> web.Response:
