@@ -12,7 +12,7 @@ const query = new URLSearchParams(location.search);
 const viewing = query.get("role") === "viewer";
 const watchedId = query.get("session_id");
 
-const transcript = new Transcript($("transcript"), $("announcer"));
+const transcript = new Transcript($("transcript"), $("announcer"), viewing ? "Speaker" : "You");
 let mic = null; // the running microphone, or null
 let micStarting = false;
 let sessionId = null;
@@ -44,10 +44,12 @@ function setStatus(state, text) {
   status.textContent = text;
 }
 
-function showError(code, text) {
+// `connection`: a problem that a successful connection resolves (then shown muted).
+function showError(code, text, { connection = false } = {}) {
   const list = $("errors");
   const item = document.createElement("li");
   item.dataset.code = code;
+  if (connection) item.dataset.kind = "connection";
   const when = new Date().toLocaleTimeString();
   item.textContent = `${when}: ${text}`;
   list.prepend(item);
@@ -80,16 +82,23 @@ const client = new RealtimeClient({
     setStatus(state, text);
     if (state === "retrying" && why !== lastRetryWhy) {
       lastRetryWhy = why;
-      showError("disconnected", `Disconnected: ${why}. Reconnecting automatically.`);
+      showError("disconnected", `Disconnected: ${why}. Reconnecting automatically.`, {
+        connection: true,
+      });
     }
-    if (state === "open") lastRetryWhy = null;
+    if (state === "open") {
+      lastRetryWhy = null;
+      for (const item of $("errors").querySelectorAll("li[data-kind=connection]")) {
+        item.dataset.resolved = "true";
+      }
+    }
     setEnabled(state === "open");
   },
   onRefused({ status, code, message }) {
     setEnabled(false);
     const reason = `The server refused the connection (${status} ${code}): ${message}.`;
     setStatus("refused", reason);
-    showError(code, reason);
+    showError(code, reason, { connection: true });
     if (status === 401) {
       $("access").hidden = false;
       $("access-reason").textContent = token()

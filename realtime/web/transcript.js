@@ -35,9 +35,11 @@ export function captionText(turn) {
 }
 
 export class Transcript {
-  constructor(list, announcer) {
+  // `userLabel`: what a caption is headed with ("You" on the talk page, "Speaker" in a view).
+  constructor(list, announcer, userLabel = "You") {
     this.list = list;
     this.announcer = announcer;
+    this.userLabel = userLabel;
     this.session = null; // the <li> group of the current session
     this.turns = new Map(); // turn_order -> caption element
     this.replies = new Map(); // response_id -> reply element
@@ -65,7 +67,7 @@ export class Transcript {
       if (entry.role === "user") {
         const caption = this.caption(entry.turn_order);
         this.setCaption(caption, entry.text, "formatted");
-        if (entry.speaker) caption.dataset.speaker = entry.speaker;
+        if (entry.speaker) this.setSpeaker(caption, entry.speaker);
       } else if (entry.role === "assistant") {
         const id = entry.response_id || `history-${this.list.children.length}`;
         const reply = this.reply(id, entry.turn_order);
@@ -83,12 +85,17 @@ export class Transcript {
     if (typeof order === "number" && order > this.maxTurnOrder) this.maxTurnOrder = order;
   }
 
-  caption(turnOrder, who = "You") {
+  setSpeaker(node, speaker) {
+    node.dataset.speaker = speaker;
+    node.querySelector(".who").textContent = `${this.userLabel} ${speaker}`;
+  }
+
+  caption(turnOrder) {
     let node = this.turns.get(turnOrder);
     if (!node) {
       node = el("li", "entry user");
       node.dataset.turnOrder = String(turnOrder);
-      node.append(el("span", "who", who), el("p", "text"));
+      node.append(el("span", "who", this.userLabel), el("p", "text"));
       this.list.append(node);
       this.turns.set(turnOrder, node);
     }
@@ -109,6 +116,9 @@ export class Transcript {
     const text = captionText(msg);
     if (state === "partial" && !text) return;
     this.setCaption(node, text, state);
+    if (typeof msg.speaker_label === "string" && msg.speaker_label) {
+      this.setSpeaker(node, msg.speaker_label);
+    }
   }
 
   typed(turnOrder, text) {

@@ -11,12 +11,15 @@ Two services serve the page:
 * `serve_cmd`: `python -m realtime serve --port 0 --auth-token T` as a process, with the
   emulators it embeds, as a user starts it.
 
-Chromium's microphone is a WAV file the tests write (`speech_wav`): speech-like voiced
-bursts, one per scripted turn, long enough for the emulator to hear every word, and silences
-that end the turns. A test that needs Chromium skips with a one-line reason when Chromium or
-Playwright is missing, and fails instead when REQUIRE_BROWSER=1 (CI). CHROMIUM names another
-binary (default: `chromium` on PATH). Screenshots go to WEB_ARTIFACTS_DIR (default: a temporary
-directory); UPDATE_DOCS_SCREENSHOT=1 also writes docs/browser.png.
+Chromium's microphone is a WAV file the tests write (`speech_wav`): one utterance per scripted
+turn (espeak-ng's speech where it is installed, else a speech-like voiced burst), long enough
+for the emulator to hear every word, and silences that end the turns. A test that needs
+Chromium skips with a one-line reason when Chromium or Playwright is missing, and fails instead
+when REQUIRE_BROWSER=1 (CI).
+
+Environment: CHROMIUM names another browser binary (default: `chromium` on PATH); ESPEAK_NG
+another espeak-ng (`none`: voiced bursts only); screenshots go to WEB_ARTIFACTS_DIR (default:
+a temporary directory), and UPDATE_DOCS_SCREENSHOT=1 also writes docs/browser.png.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import wave
@@ -42,6 +46,7 @@ import pytest
 
 from gateway_client import GatewayClient
 from gateway_client.emulator import GatewayEmulator
+from realtime.audio import read_wav
 from realtime.core.config import SessionConfig
 from realtime.emulators.stt import SttEmulator, default_script
 from realtime.server import Server, ServerSettings
@@ -52,6 +57,7 @@ WORD_MS = 150  # loud audio per scripted word (the emulator's word_ms)
 REPLY_WORDS = 60  # every reply of the stack's gateway emulator has at least this many words
 TOKEN_DELAY_S = 0.03  # between streamed words: a 60-word reply streams for about 1.8 s
 WAV_RATE = 48000
+LOUD_MARGIN_DBFS = -30.0  # the emulator hears above -40 dBFS; speech counts here above this
 TOKEN = "browser-test-token"
 DEADLINE_MS = 20_000  # every wait for the page has this deadline
 
@@ -99,6 +105,7 @@ def _missing(reason: str) -> None:
 class SpeechWav:
     path: Path
     turns: list[str]  # the scripted lines the file speaks, in order
+    voices: list[str]  # per turn: "espeak-ng" or "voiced"
 
 
 def voiced(seconds: float, *, f0: float = 220.0) -> np.ndarray:
@@ -118,17 +125,57 @@ def voiced(seconds: float, *, f0: float = 220.0) -> np.ndarray:
     return 0.3 * x * envelope * ramp
 
 
+def espeak(line: str) -> np.ndarray | None:
+    """`line` spoken by espeak-ng (trimmed, peak 0.5), if it is installed and the emulator
+    would hear every word of it: at least one word more of loud audio than the line has words,
+    a first word's worth of it unbroken, and no pause long enough to end the turn early."""
+    exe = shutil.which(os.environ.get("ESPEAK_NG") or "espeak-ng")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "line.wav"
+        done = subprocess.run(
+            [exe, "-v", "en-us", "-w", str(out), line], capture_output=True, timeout=30
+        )
+        if done.returncode != 0:
+            return None
+        speech = read_wav(out, WAV_RATE).astype(np.float64) / 32768
+    frame = WAV_RATE // 20
+    loud = [
+        20 * np.log10(np.sqrt(np.mean(speech[i : i + frame] ** 2)) + 1e-12) > LOUD_MARGIN_DBFS
+        for i in range(0, len(speech), frame)
+    ]
+    if not any(loud):
+        return None
+    first, last = loud.index(True), len(loud) - loud[::-1].index(True)
+    loud = loud[first:last]
+    runs = "".join("#" if x else "." for x in loud)
+    word = WORD_MS // 50
+    enough = loud.count(True) >= (len(line.split()) + 1) * word
+    if not enough or not runs.startswith("#" * (word + 1)) or "." * 6 in runs:
+        return None
+    speech = speech[first * frame : last * frame]
+    return 0.5 * speech / np.max(np.abs(speech))
+
+
 def write_speech_wav(path: Path) -> SpeechWav:
     """Silence, turn 1 (the script's first line), a pause long enough to end it and let its
     reply start streaming, turn 2 (which interrupts that reply), then silence while turn 2's
-    reply streams to its end. Loud audio is one word more than each line needs."""
+    reply streams to its end. Each line is espeak-ng's speech where that is installed and
+    fits the emulator's ear (`espeak`), else a voiced burst one word longer than the line."""
     script = default_script()
     turns = script[:2]
 
     def quiet(seconds: float) -> np.ndarray:
         return np.zeros(int(seconds * WAV_RATE))
 
+    voices: list[str] = []
+
     def speak(line: str) -> np.ndarray:
+        spoken = espeak(line)
+        voices.append("voiced" if spoken is None else "espeak-ng")
+        if spoken is not None:
+            return spoken
         return voiced((len(line.split()) + 1) * WORD_MS / 1000)
 
     signal_ = np.concatenate([quiet(0.6), speak(turns[0]), quiet(1.2), speak(turns[1]), quiet(5.0)])
@@ -138,7 +185,7 @@ def write_speech_wav(path: Path) -> SpeechWav:
         w.setsampwidth(2)
         w.setframerate(WAV_RATE)
         w.writeframes(pcm.tobytes())
-    return SpeechWav(path, turns)
+    return SpeechWav(path, turns, voices)
 
 
 # ---- the in-process service ----------------------------------------------------------------
