@@ -12,10 +12,14 @@ the same scenario longer:
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 
 import pytest
 from support.chaos import ChaosConfig, run_chaos
+
+# Coverage's tracing slows the in-process server several-fold, which would make the control
+# session's latency ratio measure the tracer, not the service.
+pytestmark = pytest.mark.no_cover
 
 SEED = int(os.environ.get("CHAOS_SEED", "20240607"))
 LIFECYCLES = int(os.environ.get("CHAOS_LIFECYCLES", "300"))
@@ -25,8 +29,8 @@ LIFECYCLES = int(os.environ.get("CHAOS_LIFECYCLES", "300"))
 async def test_chaos_releases_everything_and_leaves_the_control_session_undisturbed():
     report = await run_chaos(ChaosConfig(seed=SEED, lifecycles=LIFECYCLES))
     print(report.summary())  # shown with -s, and by pytest on failure
-    for note in report.notes():
-        warnings.warn(note, stacklevel=1)
+    for note in report.notes():  # facts about the machine (e.g. it was oversubscribed)
+        print(f"chaos note: {note}", file=sys.stderr)
     problems = report.problems()
     assert not problems, (
         f"chaos with CHAOS_SEED={SEED} CHAOS_LIFECYCLES={LIFECYCLES} found:\n"
