@@ -112,7 +112,12 @@ class AudioRelay:
     async def _run(self) -> None:
         session = self.session
         try:
-            async with SttClient(self.url, api_key=self.api_key, params=self.params) as stt:
+            async with SttClient(
+                self.url,
+                api_key=self.api_key,
+                params=self.params,
+                log_fields={"session_id": session.id},
+            ) as stt:
                 sender = asyncio.create_task(self._send(stt))
                 try:
                     async for raw, upstream in stt.received():

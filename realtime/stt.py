@@ -184,6 +184,14 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
+class _Fields(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Merges fixed fields with each call's own `extra`."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
 _WS_LOGGER = _QuietLogger(logging.getLogger("realtime.stt.websocket"), {})
 
 
@@ -237,7 +245,10 @@ class SttClient:
         terminate_timeout: float = 5.0,
         cancel_grace: float = 1.0,
         close_timeout: float = 2.0,
+        log_fields: Mapping[str, object] | None = None,
     ) -> None:
+        # `log_fields` (e.g. the service's session_id) go on every line this client logs.
+        self.log = _Fields(log, dict(log_fields or {}))
         self.url = url
         self.params = params or SttParams()
         self._api_key, self._token = api_key, token
@@ -299,7 +310,7 @@ class SttClient:
             raise SttError(
                 None, f"cannot connect to {self._where}: {type(exc).__name__}", True
             ) from None
-        log.info("stt connected to %s", self._where)
+        self.log.info("stt connected to %s", self._where)
         return ws
 
     async def _connect_retrying(self, failures: int) -> ClientConnection:
@@ -312,7 +323,7 @@ class SttClient:
                 if not (err.retryable and self.reconnect and failures <= self.max_reconnects):
                     raise
                 delay = backoff_delay(failures)
-                log.warning("stt %s; retrying in %.2f s (%d)", err, delay, failures)
+                self.log.warning("stt %s; retrying in %.2f s (%d)", err, delay, failures)
                 await asyncio.sleep(delay)
 
     async def __aenter__(self) -> SttClient:
@@ -352,7 +363,7 @@ class SttClient:
                     self._fail(err, frame)
                     return
                 delay = backoff_delay(failures)
-                log.warning("stt session lost (%s); reconnecting in %.2f s", err, delay)
+                self.log.warning("stt session lost (%s); reconnecting in %.2f s", err, delay)
                 await asyncio.sleep(delay)
                 try:
                     self._ws = await self._connect_retrying(failures)
@@ -385,7 +396,7 @@ class SttClient:
                 try:
                     msg = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    log.warning("stt: ignoring a frame that is not JSON")
+                    self.log.warning("stt: ignoring a frame that is not JSON")
                     continue
                 if not isinstance(msg, dict):
                     continue
@@ -443,7 +454,7 @@ class SttClient:
             )
             self._inbox.remove(victim)
             if self.dropped_messages == 0:
-                log.warning("stt consumer is slow: dropping old partial transcripts")
+                self.log.warning("stt consumer is slow: dropping old partial transcripts")
             self.dropped_messages += 1
         self._inbox.append(item)
         self._inbox_ready.set()
@@ -454,7 +465,7 @@ class SttClient:
         elif err.frame is not None:
             self._deliver(Received(orjson.dumps(err.frame), err.frame))
         self._failure = err
-        log.warning("stt session failed: %s", err)
+        self.log.warning("stt session failed: %s", err)
 
     def _drain_outbox(self) -> None:
         # wakes producers blocked in send_audio once nothing will send any more
@@ -535,7 +546,7 @@ class SttClient:
                 self._closing = True
                 await self._first_of(self._termination, self._done)
         except TimeoutError:
-            log.warning("stt: no Termination within %.1f s; closing", timeout)
+            self.log.warning("stt: no Termination within %.1f s; closing", timeout)
         except SttError:
             pass  # already failed: nothing more to flush
         finally:

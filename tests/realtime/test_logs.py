@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from support.audio import tone
 from support.service import Service, turn
 
 from gateway_client.emulator import Fault
@@ -52,4 +53,18 @@ async def test_gateway_failures_are_logged_with_status_and_reason(
     assert failed["error"]["status"] == 400
     line = records(caplog, "gateway request failed")[0]
     assert line.status == 400 and line.error_type and "overloaded" in line.reason
+    await c.close()
+
+
+async def test_speech_to_text_lines_carry_the_session_id(
+    audio_service: Service, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="realtime")
+    c = await audio_service.connect()
+    sid = c.messages[0]["session_id"]
+    for frame in tone(0.5, True):
+        await c.ws.send_bytes(frame)
+    await c.wait_type("Begin")
+    connected = [r for r in caplog.records if r.getMessage().startswith("stt connected to")]
+    assert connected and all(r.session_id == sid for r in connected)
     await c.close()
