@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from realtime.core.config import SessionConfig
 
-__all__ = ["MESSAGE_OVERHEAD_TOKENS", "Conversation"]
+__all__ = ["MESSAGE_OVERHEAD_TOKENS", "UNKNOWN_SPEAKERS", "Conversation", "speaker_line"]
 
 # Chat formats wrap each message in a few tokens of role markers; counted per message.
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -39,6 +39,19 @@ class _Entry:
     role: str  # "user" | "assistant"
     text: str
     finished: bool = True  # a reply is unfinished while it streams: never sent, never shown
+    speaker: str | None = None  # a user turn's speaker_label, when diarized
+
+
+# Labels AssemblyAI gives a turn too short to attribute: rendered as an unknown speaker.
+UNKNOWN_SPEAKERS = frozenset({"UNKNOWN", "PENDING", ""})
+
+
+def speaker_line(text: str, speaker: str | None) -> str:
+    """A transcript line: `A: text` for a known speaker, `?: text` for UNKNOWN/PENDING, and
+    the bare text when the turn carried no label (speaker labels off)."""
+    if speaker is None:
+        return text
+    return f"{'?' if speaker.upper() in UNKNOWN_SPEAKERS else speaker}: {text}"
 
 
 _Key = tuple[str, int | str]  # ("u", turn_order) or ("a", response_id)
@@ -56,14 +69,24 @@ class Conversation:
 
     # ---- recording ------------------------------------------------------------------------
 
-    def add_user(self, turn_order: int, text: str) -> None:
+    def add_user(self, turn_order: int, text: str, speaker: str | None = None) -> None:
         """Record a fired turn. A turn already recorded keeps its place, with the new text."""
         key: _Key = ("u", turn_order)
         entry = self._entries.get(key)
         if entry is not None:
             entry.text = text
+            if speaker is not None:
+                entry.speaker = speaker
             return
-        self._append(key, _Entry(turn_order, "user", text))
+        self._append(key, _Entry(turn_order, "user", text, speaker=speaker))
+
+    def relabel(self, turn_order: int, speaker: str) -> bool:
+        """Set a recorded turn's speaker (a SpeakerRevision). False if it is not recorded."""
+        entry = self._entries.get(("u", turn_order))
+        if entry is None:
+            return False
+        entry.speaker = speaker
+        return True
 
     def replace_user(self, turn_order: int, text: str) -> bool:
         """Replace a recorded turn's text (its formatted copy). False if it is not recorded."""
@@ -122,7 +145,14 @@ class Conversation:
         for key, e in self._entries.items():
             if e.finished:
                 if e.text:
-                    out.append({"turn_order": e.turn_order, "role": e.role, "text": e.text})
+                    item: dict[str, object] = {
+                        "turn_order": e.turn_order,
+                        "role": e.role,
+                        "text": e.text,
+                    }
+                    if e.speaker is not None and e.speaker.upper() not in UNKNOWN_SPEAKERS:
+                        item["speaker"] = e.speaker
+                    out.append(item)
             elif live is not None and key[0] == "a" and key[1] in live:
                 out.append(
                     {
@@ -168,7 +198,11 @@ class Conversation:
     # ---- building a request ---------------------------------------------------------------
 
     def build_messages(
-        self, cfg: SessionConfig, turn_order: int, current_text: str | None = None
+        self,
+        cfg: SessionConfig,
+        turn_order: int,
+        current_text: str | None = None,
+        speaker: str | None = None,
     ) -> list[dict[str, object]]:
         """The chat messages of the request for turn `turn_order`.
 
@@ -190,7 +224,9 @@ class Conversation:
             messages += self._dialogue(turn_order, budget, cfg.max_context_turns - 1)
             messages.append({"role": "user", "content": text})
         else:
-            content = self._render(cfg.prompt, turn_order, text, budget, cfg.max_context_turns)
+            content = self._render(
+                cfg.prompt, turn_order, text, budget, cfg.max_context_turns, speaker
+            )
             messages.append({"role": "user", "content": content})
         return messages
 
@@ -232,7 +268,13 @@ class Conversation:
         return [{"role": e.role, "content": e.text} for e in reversed(kept)]
 
     def _render(
-        self, template: str, turn_order: int, text: str, budget: int, max_turns: int
+        self,
+        template: str,
+        turn_order: int,
+        text: str,
+        budget: int,
+        max_turns: int,
+        speaker: str | None = None,
     ) -> str:
         """Fill the prompt template in one pass (a turn's text that happens to contain a
         placeholder is not expanded again).
@@ -246,7 +288,8 @@ class Conversation:
         if "{{history}}" in template:
             fixed = _PLACEHOLDER.sub("", template) + (text if "{{turn}}" in template else "")
             room = budget - self._cost(fixed)
-            history = "\n".join(self._transcript(turn_order, text, room, max_turns))
+            lines = self._transcript(turn_order, text, room, max_turns, speaker)
+            history = "\n".join(lines)
         values = {"turn": text, "history": history}
 
         def fill(match: re.Match[str]) -> str:
@@ -254,24 +297,30 @@ class Conversation:
 
         return _PLACEHOLDER.sub(fill, template)
 
-    def _transcript(self, turn_order: int, text: str, budget: int, max_turns: int) -> list[str]:
+    def _transcript(
+        self, turn_order: int, text: str, budget: int, max_turns: int, speaker: str | None = None
+    ) -> list[str]:
         """User turns up to the current one, one line each, oldest first, within `budget`
         and `max_turns` lines (the current turn's line is always there).
 
         Assistant replies are left out: the template's reader is summarising what was said,
         and its own earlier answers would be echoed back into the summary.
         """
-        lines = [text]
-        budget -= self.estimate_tokens(text) + 1
+        if speaker is None:
+            current = self._entries.get(("u", turn_order))
+            speaker = current.speaker if current is not None else None
+        lines = [speaker_line(text, speaker)]
+        budget -= self.estimate_tokens(lines[0]) + 1
         for entry in self._older(turn_order):
             if len(lines) >= max_turns:
                 break
             if entry.role != "user":
                 continue
-            cost = self.estimate_tokens(entry.text) + 1  # +1: the newline
+            line = speaker_line(entry.text, entry.speaker)
+            cost = self.estimate_tokens(line) + 1  # +1: the newline
             if cost > budget:
                 break
             budget -= cost
-            lines.append(entry.text)
+            lines.append(line)
         lines.reverse()
         return lines

@@ -27,7 +27,8 @@ from realtime.core.errors import ClientFault
 from realtime.core.turns import TurnEvent
 
 MAX_FRAME_DEPTH = 1024  # nested arrays/objects in one frame; orjson >= 3.9.15 has the same bound
-MAX_SAFE_INT = 2**53 - 1  # the largest integer a JSON peer (an IEEE double) holds exactly
+MAX_SAFE_INT = 2**53 - 1
+MAX_SPEAKER_CHARS = 32  # a speaker_label is "A", "B", ..., "UNKNOWN": longer ones are cut  # the largest integer a JSON peer (an IEEE double) holds exactly
 
 # A JSON string literal, escapes included (the unrolled-loop form: linear, no backtracking).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -78,6 +79,20 @@ class ResponseTruncate:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseCreate:
+    """`response.create`: fire a request now (a summary of the meeting so far)."""
+
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerRevision:
+    """AssemblyAI's `SpeakerRevision`, forwarded: `(turn_order, speaker_label)` per revision."""
+
+    revisions: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ignored:
     """An AssemblyAI server message a client forwarded that has no effect on turns."""
 
@@ -92,6 +107,8 @@ ClientMessage = (
     | Termination
     | ResponseCancel
     | ResponseTruncate
+    | ResponseCreate
+    | SpeakerRevision
     | Ignored
 )
 
@@ -99,7 +116,7 @@ ClientMessage = (
 # the turn policy needs (reference section 2.5). Accepting them keeps "forward everything
 # you receive" clients working without error noise.
 _PASSIVE_AAI_TYPES = frozenset(
-    {"Heartbeat", "Warning", "SpeakerRevision", "Silence", "LLMGatewayResponse", "Error"}
+    {"Heartbeat", "Warning", "Silence", "LLMGatewayResponse", "Error"}
 )
 
 
@@ -166,6 +183,7 @@ def _turn(obj: dict[str, Any]) -> TurnMessage:
     utterance = _field(obj, "utterance", str, False) or ""
     words = _field(obj, "words", list, False)
     word_count = len(words) if words else len(transcript.split())
+    speaker = _field(obj, "speaker_label", str, False)
     return TurnMessage(
         TurnEvent(
             turn_order=turn_order,
@@ -174,8 +192,22 @@ def _turn(obj: dict[str, Any]) -> TurnMessage:
             turn_is_formatted=formatted,
             utterance=utterance,
             word_count=word_count,
+            speaker=speaker[:MAX_SPEAKER_CHARS] if speaker else None,
         )
     )
+
+
+def _speaker_revision(obj: dict[str, Any]) -> SpeakerRevision:
+    items = _field(obj, "revisions", list, True)
+    revisions: list[tuple[int, str]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ProtocolError("invalid_event", "SpeakerRevision: revisions must be objects")
+        rev = {"type": "SpeakerRevision", **item}
+        turn_order = _count(rev, "turn_order", True)
+        label = _field(rev, "speaker_label", str, True)
+        revisions.append((turn_order, label[:MAX_SPEAKER_CHARS]))
+    return SpeakerRevision(tuple(revisions))
 
 
 def too_deep(data: str | bytes) -> bool:
@@ -223,6 +255,11 @@ def parse_client_frame(data: str | bytes) -> ClientMessage:
         return ResponseTruncate(
             _field(obj, "response_id", str, True), _field(obj, "text", str, True)
         )
+    if kind == "response.create":
+        reason = _field(obj, "reason", str, False)
+        return ResponseCreate(reason[:200] if reason else None)
+    if kind == "SpeakerRevision":
+        return _speaker_revision(obj)
     if kind == "Begin":
         return Begin(_field(obj, "id", str, False))
     if kind == "Termination":

@@ -15,7 +15,7 @@ hidden speculation emits nothing until promoted; the history keeps only what was
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from realtime.core.inbound import (
     ResponseCancel,
     ResponseTruncate,
     SessionUpdate,
+    SpeakerRevision,
     SpeechStarted,
     Termination,
     TurnMessage,
@@ -64,6 +65,7 @@ __all__ = [
     "StopStream",
 ]
 
+_SPEAKER_MEMORY = 16  # turns whose speaker_label is remembered before they are recorded
 _ERRORS_LOGGED_IN_FULL = 5  # per error code and session; then every hundredth
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # server shutdown only
@@ -158,6 +160,8 @@ class SessionCore:
         self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "failed": 0}
         self.turns_fired = 0
         self._errors_logged: dict[str, int] = {}
+        # turn_order -> the newest speaker_label seen for it, for the turn's recording
+        self._speakers: OrderedDict[int, str] = OrderedDict()
 
     @property
     def accepting(self) -> bool:
@@ -191,8 +195,13 @@ class SessionCore:
             return []
         out: list[Output] = []
         if isinstance(message, TurnMessage):
+            if message.event.speaker is not None:
+                self._label(message.event.turn_order, message.event.speaker)
             if not self.terminated:
                 self._pending.extend(self.policy.on_turn(message.event))
+        elif isinstance(message, SpeakerRevision):
+            for turn_order, speaker in message.revisions:
+                self._label(turn_order, speaker)
         elif isinstance(message, SpeechStarted):
             if not self.terminated:
                 self._pending.extend(self.policy.on_speech_started())
@@ -208,6 +217,14 @@ class SessionCore:
                 self.terminated = True
         self._drain(at, out)
         return out
+
+    def _label(self, turn_order: int, speaker: str) -> None:
+        """A turn's speaker: remembered for when it is recorded, and set on it if it is."""
+        self.conversation.relabel(turn_order, speaker)
+        self._speakers.pop(turn_order, None)
+        self._speakers[turn_order] = speaker
+        while len(self._speakers) > _SPEAKER_MEMORY:
+            self._speakers.popitem(last=False)
 
     def on_bad_message(self, conn: int, code: str, message: str) -> list[Output]:
         """Bad input from one connection: an error to it, and the session goes on. Logged
@@ -397,7 +414,7 @@ class SessionCore:
         return StartStream(r.id, r.body, fallbacks)
 
     def _show(self, r: Reply, text: str, out: list[Output]) -> None:
-        self.conversation.add_user(r.turn_order, text)
+        self.conversation.add_user(r.turn_order, text, self._speakers.get(r.turn_order))
         self.conversation.start_reply(r.id, r.turn_order)
         out.append(Publish(out_msg.response_created(r.id, r.turn_order, r.model)))
 
@@ -445,9 +462,7 @@ class SessionCore:
             return
         delivered = r.delivered_text()
         self.conversation.finish_reply(r.id, delivered)
-        out.append(
-            Publish(out_msg.response_cancelled(r.id, r.turn_order, reason, delivered))
-        )
+        out.append(Publish(out_msg.response_cancelled(r.id, r.turn_order, reason, delivered)))
         self.metrics.responses_total.inc("cancelled", reason)
         self.outcomes["cancelled"] += 1
         self.metrics.cancellations_total.inc(reason)
@@ -461,9 +476,7 @@ class SessionCore:
         r.delivered.append(text)
         return Publish(out_msg.response_delta(r.id, r.turn_order, text))
 
-    def _ended(
-        self, response_id: str, outcome: Completion | Failure, at: float
-    ) -> list[Output]:
+    def _ended(self, response_id: str, outcome: Completion | Failure, at: float) -> list[Output]:
         r = self.replies.get(response_id)
         if r is None or r.terminal:
             return []
@@ -556,7 +569,10 @@ class SessionCore:
     def _request_body(self, r: Reply) -> dict[str, Any]:
         body: dict[str, Any] = self.config.request_fields()
         messages = self.conversation.build_messages(
-            self.config, r.turn_order, current_text=r.text_in
+            self.config,
+            r.turn_order,
+            current_text=r.text_in,
+            speaker=self._speakers.get(r.turn_order),
         )
         body["messages"] = messages
         body["stream"] = True

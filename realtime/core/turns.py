@@ -64,6 +64,7 @@ class TurnEvent:
     turn_is_formatted: bool
     utterance: str = ""
     word_count: int = 0  # len(words) of the event, else the transcript's word count
+    speaker: str | None = None  # `speaker_label` ("A", "B", ..., "UNKNOWN"), when diarized
 
 
 # ---- actions ------------------------------------------------------------------------------

@@ -134,7 +134,6 @@ def test_begin_termination_and_passive_assemblyai_messages():
     for kind in (
         "Heartbeat",
         "Warning",
-        "SpeakerRevision",
         "Silence",
         "LLMGatewayResponse",
         "Error",
