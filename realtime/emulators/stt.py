@@ -562,8 +562,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from realtime import logs
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    logs.setup("info", secrets=list(args.api_key or ()))  # JSON lines, as the service logs
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
 
