@@ -50,25 +50,47 @@ MAX_JSON_DEPTH = 32  # nested arrays/objects in one JSON-valued field; `[]` is 1
 MAX_JSON_BYTES = 65_536  # one JSON-valued field, as orjson serializes it
 MAX_INSTRUCTIONS_CHARS = 32_768
 MAX_PROMPT_CHARS = 32_768
-PLACEHOLDERS = ("{{turn}}", "{{history}}")
+PLACEHOLDERS = ("{{turn}}", "{{history}}", "{{summary}}")
+MAX_SUMMARY_EVERY_TURNS = 1000
+MAX_SUMMARY_EVERY_SECONDS = 3600
 # orjson serializes integers from -2**63 to 2**64 - 1 and refuses the rest.
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
 
 SUMMARY_PROMPT = (
-    "Below is the transcript of a live conversation so far, one line per speaker turn, "
-    "oldest first.\n\n"
-    "{{history}}\n\n"
-    "Write a running summary of it: the topics discussed, the decisions made, the open "
-    "questions and the action items with their owners, if any were named. Keep it short and "
-    "factual, in plain sentences or bullet points, and do not invent anything that was not said."
+    "You keep the running summary of a live conversation.\n\n"
+    "The summary so far:\n{{summary}}\n\n"
+    'What was said since then, one line per speaker turn ("A: ..." names the speaker, '
+    '"?" an unknown one), oldest first:\n{{history}}\n\n'
+    "Write the new whole summary: the summary so far refined with what was said since, "
+    "covering the whole conversation from its beginning: the topics discussed, the decisions "
+    "made, the open questions and the action items with their owners, if any were named. "
+    "Keep it short and factual, in plain sentences or bullet points, and do not invent "
+    "anything that was not said. Answer with the summary only."
 )
+# The summary preset's cadence: a summary at every 5th new turn or 30 s, whichever first.
+SUMMARY_EVERY_DEFAULT: dict[str, int | float | None] = {"turns": 5, "seconds": 30}
 
 # What each preset resets. The "context style" follows from `prompt`: null sends the history
 # as alternating user/assistant messages, a template sends one user message (context.py).
 PRESETS: dict[str, dict[str, object]] = {
-    "assistant": {"trigger": "end_of_turn", "on_new_turn": "cancel", "prompt": None},
-    "per_turn": {"trigger": "end_of_turn", "on_new_turn": "keep", "prompt": "{{turn}}"},
-    "summary": {"trigger": "end_of_turn", "on_new_turn": "supersede", "prompt": SUMMARY_PROMPT},
+    "assistant": {
+        "trigger": "end_of_turn",
+        "on_new_turn": "cancel",
+        "prompt": None,
+        "summary_every": None,
+    },
+    "per_turn": {
+        "trigger": "end_of_turn",
+        "on_new_turn": "keep",
+        "prompt": "{{turn}}",
+        "summary_every": None,
+    },
+    "summary": {
+        "trigger": "end_of_turn",
+        "on_new_turn": "supersede",
+        "prompt": SUMMARY_PROMPT,
+        "summary_every": SUMMARY_EVERY_DEFAULT,
+    },
 }
 
 
@@ -104,6 +126,9 @@ class SessionConfig:
     # How long a session whose last participant dropped (without Termination) stays alive,
     # detached, for a participant to resume it (PROTOCOL.md "Resuming a session"); 0: it ends.
     resume_window_ms: int = 30_000
+    # Meeting cadence (PROTOCOL.md "Long conversations"): null fires per turn; an object
+    # {"turns": N, "seconds": S} records turns and fires one summary when either is reached.
+    summary_every: dict[str, int | float | None] | None = None
 
     @classmethod
     def from_defaults(cls, **overrides: object) -> SessionConfig:
@@ -165,7 +190,7 @@ def _changes(patch: Mapping[str, object]) -> dict[str, object]:
     if "preset" in patch:
         preset = _enum("preset", patch["preset"], tuple(PRESETS))
         changes["preset"] = preset
-        changes.update(PRESETS[preset])
+        changes.update(copy.deepcopy(PRESETS[preset]))
     for name, value in patch.items():
         if name in _VALIDATORS and name != "preset":
             changes[name] = _validate(name, value)
@@ -245,7 +270,9 @@ def _prompt(name: str, value: object) -> str | None:
         raise ConfigError(f"{name}: must be at most {MAX_PROMPT_CHARS} characters")
     counts = [value.count(p) for p in PLACEHOLDERS]
     if not any(counts):
-        raise ConfigError(f"{name}: a template must contain {{{{turn}}}} or {{{{history}}}}")
+        raise ConfigError(
+            f"{name}: a template must contain {{{{turn}}}}, {{{{history}}}} or {{{{summary}}}}"
+        )
     for placeholder, count in zip(PLACEHOLDERS, counts, strict=True):
         # Each copy would repeat the turn or the history: one request could grow without bound.
         if count > 1:
@@ -378,6 +405,25 @@ def _metadata(name: str, value: object) -> dict[str, Any] | None:
     return copied
 
 
+def _summary_every(name: str, value: object) -> dict[str, int | float | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value or set(value) - {"turns", "seconds"}:
+        raise ConfigError(f"{name}: must be null or an object with 'turns' and/or 'seconds'")
+    turns, seconds = value.get("turns"), value.get("seconds")
+    if turns is not None and (not _is_int(turns) or not 1 <= turns <= MAX_SUMMARY_EVERY_TURNS):
+        raise ConfigError(f"{name}.turns: must be an integer from 1 to {MAX_SUMMARY_EVERY_TURNS}")
+    if seconds is not None and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 1 <= seconds <= MAX_SUMMARY_EVERY_SECONDS
+    ):
+        raise ConfigError(f"{name}.seconds: must be a number from 1 to {MAX_SUMMARY_EVERY_SECONDS}")
+    if turns is None and seconds is None:
+        raise ConfigError(f"{name}: needs 'turns' or 'seconds'")
+    return {"turns": turns, "seconds": seconds}
+
+
 _VALIDATORS: dict[str, Callable[[str, object], object]] = {
     "preset": _enum_of(tuple(PRESETS)),
     "model": _model,
@@ -398,4 +444,5 @@ _VALIDATORS: dict[str, Callable[[str, object], object]] = {
     "max_inflight": _int_range(1, 32),
     "format_wait_ms": _int_range(0, 5000),
     "resume_window_ms": _int_range(0, 600_000),
+    "summary_every": _summary_every,
 }

@@ -23,14 +23,22 @@ from dataclasses import dataclass
 
 from realtime.core.config import SessionConfig
 
-__all__ = ["MESSAGE_OVERHEAD_TOKENS", "UNKNOWN_SPEAKERS", "Conversation", "speaker_line"]
+__all__ = [
+    "MESSAGE_OVERHEAD_TOKENS",
+    "NO_SUMMARY",
+    "UNKNOWN_SPEAKERS",
+    "Conversation",
+    "SummaryRequest",
+    "speaker_line",
+]
 
 # Chat formats wrap each message in a few tokens of role markers; counted per message.
 MESSAGE_OVERHEAD_TOKENS = 4
 _RATIO_START = 4.0  # characters per token of English text, before any usage is seen
 _RATIO_MIN, _RATIO_MAX = 1.5, 8.0
 _RATIO_ALPHA = 0.2  # weight of a new observation in the moving average
-_PLACEHOLDER = re.compile(r"\{\{(turn|history)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(turn|history|summary)\}\}")
+NO_SUMMARY = "(none yet: the conversation has just begun)"  # {{summary}} before the first
 
 
 @dataclass(slots=True)
@@ -54,6 +62,16 @@ def speaker_line(text: str, speaker: str | None) -> str:
     return f"{'?' if speaker.upper() in UNKNOWN_SPEAKERS else speaker}: {text}"
 
 
+@dataclass(frozen=True, slots=True)
+class SummaryRequest:
+    """The messages of one summary step and the turns it folds in: every unfolded turn up to
+    `upto`; `partial` when newer unfolded turns did not fit (the next step takes them)."""
+
+    messages: list[dict[str, object]]
+    upto: int
+    partial: bool
+
+
 _Key = tuple[str, int | str]  # ("u", turn_order) or ("a", response_id)
 
 
@@ -66,6 +84,11 @@ class Conversation:
         self.max_entries = max_entries
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()  # oldest first
         self._ratio = _RATIO_START
+        # The incremental summary (PROTOCOL.md "Long conversations"): the latest completed
+        # one, the newest turn folded into it, and a version bumped at each new summary.
+        self.summary: str | None = None
+        self.folded_upto = -1
+        self.summary_version = 0
 
     # ---- recording ------------------------------------------------------------------------
 
@@ -165,6 +188,91 @@ class Conversation:
                 )
         return out
 
+    # ---- the incremental summary ----------------------------------------------------------
+
+    def set_summary(self, text: str, upto: int) -> None:
+        """A summary step completed: `text` is the new whole summary, folding every turn up
+        to and including `upto`."""
+        self.summary = text
+        self.folded_upto = max(self.folded_upto, upto)
+        self.summary_version += 1
+
+    def newest_user(self) -> tuple[int, str] | None:
+        """The newest recorded turn (turn_order, text), or None."""
+        for entry in reversed(self._entries.values()):
+            if entry.role == "user" and entry.text:
+                return entry.turn_order, entry.text
+        return None
+
+    def user_turns_after(self, turn_order: int) -> int:
+        """How many recorded turns are newer than `turn_order` (walks back from the newest)."""
+        count = 0
+        for entry in reversed(self._entries.values()):
+            if entry.role != "user":
+                continue
+            if entry.turn_order <= turn_order:
+                break
+            count += 1
+        return count
+
+    def build_summary(
+        self, cfg: SessionConfig, current: tuple[int, str, str | None] | None = None
+    ) -> SummaryRequest | None:
+        """The next summary step under `cfg.prompt` (which renders `{{summary}}`), or None
+        when every recorded turn is folded.
+
+        `{{summary}}` is the latest summary, `{{history}}` the turns not yet folded, oldest
+        first, one `speaker_line` each, as many as fit in `max_context_tokens` and
+        `max_context_turns` (never fewer than one), and `{{turn}}` the last of them. The
+        turns that do not fit are left for the next step, never dropped: folding in chunks.
+        The summary takes at most half of the room left by the fixed text; a longer one is
+        cut. `current` is an unrecorded turn to fold last (turn_order, text, speaker).
+        """
+        template = cfg.prompt or "{{summary}}\n{{history}}"
+        turns = [
+            (e.turn_order, e.text, e.speaker)
+            for e in self._entries.values()
+            if e.role == "user" and e.text and e.turn_order > self.folded_upto
+        ]
+        if (
+            current is not None
+            and current[0] > self.folded_upto
+            and ("u", current[0]) not in self._entries
+        ):
+            turns.append(current)
+        if not turns:
+            return None
+        messages: list[dict[str, object]] = []
+        if cfg.instructions:
+            messages.append({"role": "system", "content": cfg.instructions})
+        budget = cfg.max_context_tokens - sum(self._cost(str(m["content"])) for m in messages)
+        budget -= self._cost(_PLACEHOLDER.sub("", template))
+        summary = self.summary or NO_SUMMARY
+        if "{{summary}}" in template:
+            cap = max(budget // 2, 0)
+            if self.estimate_tokens(summary) > cap:
+                summary = summary[: int(cap * self._ratio)]
+            budget -= self.estimate_tokens(summary)
+        has_turn = "{{turn}}" in template
+        lines: list[str] = []
+        upto, last_text, used = -1, "", 0
+        for turn_order, text, speaker in turns[: cfg.max_context_turns]:
+            line = speaker_line(text, speaker)
+            cost = self.estimate_tokens(line) + 1  # +1: the newline
+            turn_cost = self.estimate_tokens(text) if has_turn else 0
+            if lines and used + cost + turn_cost > budget:
+                break
+            lines.append(line)
+            used += cost
+            upto, last_text = turn_order, text
+        values = {"turn": last_text, "history": "\n".join(lines), "summary": summary}
+
+        def fill(match: re.Match[str]) -> str:
+            return values.pop(match.group(1), "")
+
+        messages.append({"role": "user", "content": _PLACEHOLDER.sub(fill, template)})
+        return SummaryRequest(messages, upto, partial=len(lines) < len(turns))
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -215,6 +323,10 @@ class Conversation:
         history budget (`max_context_tokens` times at most 8 characters per token).
         """
         text = self._current_text(turn_order, current_text)
+        if cfg.prompt is not None and "{{summary}}" in cfg.prompt:
+            step = self.build_summary(cfg, (turn_order, text, speaker))
+            if step is not None:
+                return step.messages
         messages: list[dict[str, object]] = []
         if cfg.instructions:
             messages.append({"role": "system", "content": cfg.instructions})

@@ -115,9 +115,7 @@ ClientMessage = (
 # AssemblyAI v3 server messages that a client may forward verbatim and that carry nothing
 # the turn policy needs (reference section 2.5). Accepting them keeps "forward everything
 # you receive" clients working without error noise.
-_PASSIVE_AAI_TYPES = frozenset(
-    {"Heartbeat", "Warning", "Silence", "LLMGatewayResponse", "Error"}
-)
+_PASSIVE_AAI_TYPES = frozenset({"Heartbeat", "Warning", "Silence", "LLMGatewayResponse", "Error"})
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool) -> Any:

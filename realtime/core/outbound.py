@@ -92,11 +92,16 @@ def error(code: str, message: str, **extra: Any) -> Outbound:
 
 
 def session_created(
-    session_id: str, role: str, config: Mapping[str, Any], history: list[dict[str, Any]] | None
+    session_id: str,
+    role: str,
+    config: Mapping[str, Any],
+    history: list[dict[str, Any]] | None,
+    summary: str | None = None,
 ) -> Outbound:
     fields: dict[str, Any] = {"session_id": session_id, "role": role, "session": config}
     if history is not None:
         fields["history"] = history
+    fields["summary"] = summary  # the latest completed summary (PROTOCOL.md "Long conversations")
     return Outbound("session.created", fields)
 
 
@@ -105,6 +110,7 @@ def session_resumed(
     replayed_from: int,
     config: Mapping[str, Any],
     history: list[dict[str, Any]],
+    summary: str | None = None,
 ) -> Outbound:
     return Outbound(
         "session.resumed",
@@ -113,6 +119,7 @@ def session_resumed(
             "replayed_from": replayed_from,
             "session": config,
             "history": history,
+            "summary": summary,
         },
     )
 

@@ -111,6 +111,10 @@ class Reply:
     promoted_at: float | None = None
     request_id: str | None = None
     prompt_chars: int = 0
+    # A summary step (its prompt renders {{summary}}): the newest turn its request folds in,
+    # and the summary version it refines (a stale step's text does not become the summary).
+    summary_upto: int | None = None
+    summary_base: int = 0
 
     @property
     def terminal(self) -> bool:

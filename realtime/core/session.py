@@ -28,6 +28,7 @@ from realtime.core.context import Conversation
 from realtime.core.inbound import (
     ClientMessage,
     ResponseCancel,
+    ResponseCreate,
     ResponseTruncate,
     SessionUpdate,
     SpeakerRevision,
@@ -65,6 +66,7 @@ __all__ = [
     "StopStream",
 ]
 
+SUMMARY_TIMER = -1  # the summary cadence's timer key (format timers are keyed by turn_order >= 0)
 _SPEAKER_MEMORY = 16  # turns whose speaker_label is remembered before they are recorded
 _ERRORS_LOGGED_IN_FULL = 5  # per error code and session; then every hundredth
 CLOSE_NORMAL = 1000
@@ -162,6 +164,14 @@ class SessionCore:
         self._errors_logged: dict[str, int] = {}
         # turn_order -> the newest speaker_label seen for it, for the turn's recording
         self._speakers: OrderedDict[int, str] = OrderedDict()
+        # The background reply (a cadence summary or a response.create): at most one runs,
+        # outside the turn policy and max_inflight; one that comes due meanwhile waits.
+        self._background: str | None = None
+        self._background_due = False
+        self._covered_upto = -1  # the newest turn a background request has taken
+        self._last_summary_at: float | None = None
+        self._final_summary = False  # the last summary at the end of input was considered
+        self.summaries = {"fired": 0, "done": 0, "folds": 0}
 
     @property
     def accepting(self) -> bool:
@@ -173,14 +183,22 @@ class SessionCore:
     def join(self, conn: int, role: str) -> list[Output]:
         """The `session.created` of a new connection, with the history so far."""
         created = out_msg.session_created(
-            self.id, role, self.config.to_wire(), self.conversation.history(self._live())
+            self.id,
+            role,
+            self.config.to_wire(),
+            self.conversation.history(self._live()),
+            self.conversation.summary,
         )
         return [SendTo(conn, created)]
 
     def resumed(self, last_seq: int) -> Outbound:
         """The `session.resumed` of a connection that comes back after `last_seq`."""
         return out_msg.session_resumed(
-            self.id, last_seq + 1, self.config.to_wire(), self.conversation.history(self._live())
+            self.id,
+            last_seq + 1,
+            self.config.to_wire(),
+            self.conversation.history(self._live()),
+            self.conversation.summary,
         )
 
     def _live(self) -> dict[str, str]:
@@ -209,6 +227,12 @@ class SessionCore:
             self._update(conn, message.patch, out)
         elif isinstance(message, ResponseCancel):
             self._pending.extend(self.policy.on_cancel_request())
+            background = self.replies.get(self._background or "")
+            if background is not None:
+                self._cancel(background, "client", out)
+        elif isinstance(message, ResponseCreate):
+            if not self.terminated:
+                self._request_background(at, out, force=True)
         elif isinstance(message, ResponseTruncate):
             self._truncate(conn, message, out)
         elif isinstance(message, Termination):
@@ -306,7 +330,11 @@ class SessionCore:
         self._timers.discard(key)
         out: list[Output] = []
         if not self.ended:
-            self._pending.extend(self.policy.on_format_timeout(key))
+            if key == SUMMARY_TIMER:
+                if not self.terminated:
+                    self._request_background(at, out, timer=True)
+            else:
+                self._pending.extend(self.policy.on_format_timeout(key))
             self._drain(at, out)
         return out
 
@@ -367,6 +395,16 @@ class SessionCore:
                     self._timers.add(a.turn_order)
                     out.append(a)
         self._sweep_timers(out)
+        if (
+            self.terminated
+            and not self.ended
+            and not self.closing
+            and not self._final_summary
+            and self.config.summary_every is not None
+        ):
+            # The end of input: the turns not yet summarized get a last summary.
+            self._final_summary = True
+            self._request_background(at, out, force=True)
         if self.terminated and not self.replies and not self.closing:
             self.closing = True
             self.end_reason = "stt_error" if self.stt_failed else "termination"
@@ -378,13 +416,23 @@ class SessionCore:
             return
         waiting = None if self.ended else self.policy.waiting_for_format()
         for key in sorted(self._timers):
-            if key != waiting:
+            if key >= 0 and key != waiting:
                 self._timers.discard(key)
                 out.append(CancelTimer(key))
 
     # ---- reply steps ------------------------------------------------------------------
 
     def _fire(self, a: Fire, at: float, out: list[Output]) -> None:
+        if self.config.summary_every is not None:
+            # Meeting cadence: a turn is recorded, and summaries fire on the cadence.
+            self._pending.extend(self.policy.on_response_finished(a.response_id))
+            if not a.speculative:
+                self.turns_fired += 1
+                self.conversation.add_user(a.turn_order, a.text, self._speakers.get(a.turn_order))
+                if self._last_summary_at is None:
+                    self._last_summary_at = at
+                self._request_background(at, out)
+            return
         r = Reply(
             id=a.response_id,
             turn_order=a.turn_order,
@@ -407,6 +455,113 @@ class SessionCore:
         if not a.queued:
             out.append(self._start(r))
         self._show(r, a.text, out)
+
+    # ---- the background reply: summaries on a cadence, response.create ---------------------
+
+    def _request_background(
+        self, at: float, out: list[Output], *, force: bool = False, timer: bool = False
+    ) -> None:
+        """Fire the background reply if it is due (forced, or the cadence's turns or seconds
+        reached) and a turn not yet taken exists; while one runs, remember that another is
+        due; otherwise keep the cadence's timer running."""
+        if self.ended or self.closing:
+            return
+        every = self.config.summary_every or {}
+        new_turns = self.conversation.user_turns_after(self._covered_upto)
+        turns, seconds = every.get("turns"), every.get("seconds")
+        last = self._last_summary_at if self._last_summary_at is not None else at
+        due = force or (turns is not None and new_turns >= turns)
+        elapsed = timer or (seconds is not None and at - last >= seconds)
+        due = due or (seconds is not None and new_turns > 0 and elapsed)
+        if self._background is not None:
+            self._background_due = self._background_due or due
+            return
+        if new_turns == 0 and not (force and self.config.summary_every is None):
+            self._stop_summary_timer(out)
+            return
+        if due:
+            self._fire_background(at, out)
+        elif seconds is not None and SUMMARY_TIMER not in self._timers:
+            delay_ms = max(0, round((last + seconds - at) * 1000))
+            self._timers.add(SUMMARY_TIMER)
+            out.append(StartTimer(SUMMARY_TIMER, delay_ms))
+
+    def _stop_summary_timer(self, out: list[Output]) -> None:
+        if SUMMARY_TIMER in self._timers:
+            self._timers.discard(SUMMARY_TIMER)
+            out.append(CancelTimer(SUMMARY_TIMER))
+
+    def _fire_background(self, at: float, out: list[Output]) -> None:
+        """One background reply: a summary step when the prompt renders {{summary}},
+        otherwise a request for the newest turn under the session's prompt."""
+        newest = self.conversation.newest_user()
+        if newest is None:
+            return
+        cfg = self.config
+        r = Reply(
+            id=self._new_id("r_"),
+            turn_order=newest[0],
+            text_in=newest[1],
+            model=cfg.model,
+            fired_at=at,
+            state=RS.VISIBLE,
+        )
+        if cfg.prompt is not None and "{{summary}}" in cfg.prompt:
+            step = self.conversation.build_summary(cfg)
+            if step is None:
+                return
+            messages = step.messages
+            r.turn_order, r.summary_upto = step.upto, step.upto
+            r.summary_base = self.conversation.summary_version
+            self._background_due = step.partial  # the rest follows at once
+            self.summaries["fired"] += 1
+        else:
+            messages = self.conversation.build_messages(cfg, newest[0])
+            self._background_due = False
+        body: dict[str, Any] = cfg.request_fields()
+        body["messages"], body["stream"] = messages, True
+        r.body = body
+        r.prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
+        self._covered_upto = max(self._covered_upto, r.turn_order)
+        self._background = r.id
+        self._last_summary_at = at
+        self._stop_summary_timer(out)
+        self.replies[r.id] = r
+        out.append(self._start(r))
+        self.conversation.start_reply(r.id, r.turn_order)
+        out.append(Publish(out_msg.response_created(r.id, r.turn_order, r.model)))
+
+    def _background_ended(self, r: Reply, done: bool, at: float, out: list[Output]) -> None:
+        """The background reply ended: a completed summary step becomes the summary (unless
+        a newer summary landed since it was built); a due one fires next."""
+        if r.id != self._background:
+            return
+        self._background = None
+        conv = self.conversation
+        text = r.delivered_text()
+        if r.summary_upto is not None:
+            if done and text.strip() and r.summary_base == conv.summary_version:
+                conv.set_summary(text, r.summary_upto)
+                self.summaries["done"] += 1
+                self.summaries["folds"] += 1
+            else:  # its turns are not folded: the next step takes them again
+                self._covered_upto = conv.folded_upto
+                self._background_due = False
+        if not done:
+            self._background_due = False
+        if self.ended:
+            return
+        force = self._background_due
+        self._background_due = False
+        if done:
+            self._request_background(at, out, force=force)
+        elif not self.terminated:
+            # A failure is not retried at once (a gateway that is down would be hammered):
+            # the next turn or the cadence's timer fires the next step.
+            seconds = (self.config.summary_every or {}).get("seconds")
+            if seconds is not None and SUMMARY_TIMER not in self._timers:
+                self._timers.add(SUMMARY_TIMER)
+                out.append(StartTimer(SUMMARY_TIMER, round(seconds * 1000)))
 
     def _start(self, r: Reply) -> StartStream:
         r.streaming = True
@@ -462,6 +617,11 @@ class SessionCore:
             return
         delivered = r.delivered_text()
         self.conversation.finish_reply(r.id, delivered)
+        if r.id == self._background:
+            self._background = None
+            if r.summary_upto is not None:
+                self._covered_upto = self.conversation.folded_upto
+            self._background_due = False
         out.append(Publish(out_msg.response_cancelled(r.id, r.turn_order, reason, delivered)))
         self.metrics.responses_total.inc("cancelled", reason)
         self.outcomes["cancelled"] += 1
@@ -496,6 +656,26 @@ class SessionCore:
         self.conversation.finish_reply(r.id, delivered)
         self.replies.pop(r.id, None)
         self._pending.extend(self.policy.on_response_finished(r.id))
+        done = isinstance(outcome, Completion)
+        if r.summary_upto is not None and r.id != self._background and done and delivered.strip():
+            # a per-turn summary step (no cadence): it folds its turns unless stale
+            if r.summary_base == self.conversation.summary_version:
+                self.conversation.set_summary(delivered, r.summary_upto)
+                self.summaries["done"] += 1
+                self.summaries["folds"] += 1
+        try:
+            self._report_end(r, outcome, delivered, at, out)
+        finally:
+            self._background_ended(r, done, at, out)
+
+    def _report_end(
+        self,
+        r: Reply,
+        outcome: Completion | Failure,
+        delivered: str,
+        at: float,
+        out: list[Output],
+    ) -> None:
         if isinstance(outcome, Completion):
             r.move(RE.FINISH)
             usage = outcome.usage
@@ -568,12 +748,18 @@ class SessionCore:
 
     def _request_body(self, r: Reply) -> dict[str, Any]:
         body: dict[str, Any] = self.config.request_fields()
-        messages = self.conversation.build_messages(
-            self.config,
-            r.turn_order,
-            current_text=r.text_in,
-            speaker=self._speakers.get(r.turn_order),
-        )
+        speaker = self._speakers.get(r.turn_order)
+        prompt = self.config.prompt
+        step = None
+        if prompt is not None and "{{summary}}" in prompt:  # a summary step, once per turn
+            step = self.conversation.build_summary(self.config, (r.turn_order, r.text_in, speaker))
+        if step is not None:
+            messages = step.messages
+            r.summary_upto, r.summary_base = step.upto, self.conversation.summary_version
+        else:
+            messages = self.conversation.build_messages(
+                self.config, r.turn_order, current_text=r.text_in, speaker=speaker
+            )
         body["messages"] = messages
         body["stream"] = True
         r.prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)

@@ -208,6 +208,8 @@ def test_current_turn_is_sent_even_alone_over_budget():
     cfg = SessionConfig(instructions="sys", max_context_tokens=256)
     assert contents(conv.build_messages(cfg, 3)) == [("system", "sys"), ("user", "z" * 5000)]
     summary = cfg.update({"preset": "summary"})
+    # the summary prompt folds the oldest unfolded turns first: the older ones are folded
+    conv.set_summary("earlier", 2)
     msgs = conv.build_messages(summary, 3)
     assert msgs[-1]["content"].count("z" * 5000) == 1  # type: ignore[union-attr]
     assert "u2" not in str(msgs[-1]["content"])

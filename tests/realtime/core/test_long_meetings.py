@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from realtime.core.config import SessionConfig
-from realtime.core.context import Conversation, speaker_line
+from realtime.core.config import ConfigError, SessionConfig
+from realtime.core.context import NO_SUMMARY, Conversation, speaker_line
 from realtime.core.inbound import (
     ProtocolError,
     ResponseCreate,
@@ -19,8 +19,17 @@ from realtime.core.inbound import (
     TurnMessage,
     parse_client_frame,
 )
-from realtime.core.replies import Completion
-from realtime.core.session import Publish, SendTo, SessionCore, StartStream
+from realtime.core.replies import Completion, Failure
+from realtime.core.session import (
+    CancelTimer,
+    CloseAll,
+    Publish,
+    SendTo,
+    SessionCore,
+    StartStream,
+    StartTimer,
+    StopStream,
+)
 
 HISTORY_PROMPT = "Transcript:\n{{history}}"
 
@@ -152,3 +161,256 @@ def test_done_reply_keeps_speakers_out_of_assistant_lines():
     assert any(isinstance(o, Publish) and o.message.type == "response.done" for o in out)
     out = core.on_message(1, final(1, "bye", "B"), 0.3)
     assert user_content(starts(out)[0]) == "Transcript:\nA: hello\nB: bye"
+
+
+# ---- the incremental summary and its cadence ------------------------------------------------
+
+SPEAKERS = ("A", "B", "C")
+
+
+class Meeting:
+    """Plays the adapter for a meeting: streams the core starts (each answered with a summary
+    text when the test says), and timers (run when the clock passes them)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        config = {"preset": "summary", "instructions": "Summarize.", **overrides}
+        self.core = new_core(**config)
+        self.now = 0.0
+        self.streams: dict[str, StartStream] = {}  # started, not ended
+        self.started: list[StartStream] = []
+        self.timers: dict[int, float] = {}
+        self.published: list[Any] = []
+        self.closed = False
+        self.steps: list[tuple[int, int]] = []  # folded ranges, in order
+        self.max_in_flight = 0
+
+    def feed(self, outputs: list[Any]) -> None:
+        for o in outputs:
+            if isinstance(o, StartStream):
+                self.streams[o.response_id] = o
+                self.started.append(o)
+            elif isinstance(o, StopStream):
+                self.streams.pop(o.response_id, None)
+            elif isinstance(o, StartTimer):
+                self.timers[o.turn_order] = self.now + o.delay_ms / 1000
+            elif isinstance(o, CancelTimer):
+                self.timers.pop(o.key, None)
+            elif isinstance(o, Publish):
+                self.published.append(o.message)
+            elif isinstance(o, CloseAll):
+                self.closed = True
+        self.max_in_flight = max(self.max_in_flight, len(self.streams))
+
+    def advance(self, to: float) -> None:
+        while True:
+            due = sorted((at, key) for key, at in self.timers.items() if at <= to)
+            if not due:
+                break
+            at, key = due[0]
+            del self.timers[key]
+            self.now = max(self.now, at)
+            self.feed(self.core.on_timer(key, self.now))
+        self.now = max(self.now, to)
+
+    def send(self, message: Any) -> None:
+        self.feed(self.core.on_message(1, message, self.now))
+
+    def complete(self, text: str) -> str | None:
+        """End the running stream (at most one) with `text`; its id."""
+        assert len(self.streams) <= 1
+        if not self.streams:
+            return None
+        rid = next(iter(self.streams))
+        self.streams.pop(rid)
+        before = self.core.conversation.folded_upto
+        self.feed(self.core.on_delta(rid, text, self.now))
+        self.feed(self.core.on_done(rid, Completion("stop", None, None, None, None), self.now))
+        after = self.core.conversation.folded_upto
+        if after != before:
+            self.steps.append((before + 1, after))
+        return rid
+
+    def tokens(self, start: StartStream) -> int:
+        conv = self.core.conversation
+        return sum(conv.estimate_tokens(str(m["content"])) + 4 for m in start.body["messages"])
+
+
+def said(i: int) -> str:
+    return f"t{i} we discussed item number {i} and agreed to follow up on it next week."
+
+
+def test_the_summary_preset_defaults():
+    cfg = SessionConfig().update({"preset": "summary"})
+    assert cfg.summary_every == {"turns": 5, "seconds": 30}
+    assert "{{summary}}" in (cfg.prompt or "") and "{{history}}" in (cfg.prompt or "")
+    assert (
+        SessionConfig().update({"preset": "summary"}).update({"preset": "assistant"}).summary_every
+        is None
+    )
+    assert cfg.update({"summary_every": {"turns": 3}}).summary_every == {
+        "turns": 3,
+        "seconds": None,
+    }
+    for bad in ({}, {"turns": 0}, {"seconds": 0.5}, {"turns": True}, {"x": 1}, [], 5):
+        with pytest.raises(ConfigError) as err:
+            cfg.update({"summary_every": bad})
+        assert err.value.message.startswith("summary_every")
+    created = new_core().join(1, "viewer")[0]
+    assert isinstance(created, SendTo) and created.message.fields["summary"] is None  # type: ignore[index]
+
+
+def test_cadence_fires_at_the_nth_turn_with_the_previous_summary():
+    m = Meeting()
+    for i in range(4):
+        m.send(final(i, said(i), SPEAKERS[i % 3]))
+        m.advance(m.now + 1)
+    assert m.started == [] and -1 in m.timers  # the seconds timer runs, no request yet
+    m.send(final(4, said(4), "B"))
+    assert len(m.started) == 1
+    first = user_content(m.started[0])
+    assert NO_SUMMARY in first and f"A: {said(0)}" in first and f"B: {said(4)}" in first
+    assert -1 not in m.timers
+    created = [p for p in m.published if p.type == "response.created"]
+    assert len(created) == 1 and created[0].fields["turn_order"] == 4
+    m.complete("SUMMARY-ONE")
+    assert m.core.conversation.summary == "SUMMARY-ONE" and m.steps == [(0, 4)]
+    # the next request holds the summary and only the turns since
+    for i in range(5, 10):
+        m.send(final(i, said(i), "C"))
+    second = user_content(m.started[-1])
+    assert len(m.started) == 2 and "SUMMARY-ONE" in second
+    assert said(4) not in second and said(5) in second and said(9) in second
+    joined = m.core.join(2, "viewer")[0]
+    assert joined.message.fields["summary"] == "SUMMARY-ONE"  # type: ignore[union-attr]
+
+
+def test_cadence_fires_after_the_seconds_with_a_new_turn_only():
+    m = Meeting()
+    m.advance(100)
+    assert m.started == [] and not m.timers  # no turn: nothing to summarize, no timer
+    m.send(final(0, said(0), "A"))
+    assert m.timers == {-1: pytest.approx(130.0)}
+    m.advance(129.9)
+    assert m.started == []
+    m.advance(130.0)
+    assert len(m.started) == 1 and said(0) in user_content(m.started[0])
+    m.complete("S1")
+    assert not m.timers  # no new turn: no timer
+    m.advance(200)
+    m.send(final(1, said(1), "B"))  # 70 s since the last summary: due at once
+    assert len(m.started) == 2
+
+
+def test_at_most_one_summary_in_flight_and_the_due_one_follows():
+    m = Meeting(summary_every={"turns": 2})
+    for i in range(2):
+        m.send(final(i, said(i)))
+    assert len(m.started) == 1
+    for i in range(2, 9):  # seven more turns while it runs: nothing new starts
+        m.send(final(i, said(i)))
+    assert len(m.started) == 1 and m.max_in_flight == 1
+    m.complete("FIRST")
+    assert len(m.started) == 2  # the due one, coalescing turns 2..8
+    step = user_content(m.started[1])
+    assert "FIRST" in step and all(said(i) in step for i in range(2, 9))
+    m.complete("SECOND")
+    assert m.steps == [(0, 1), (2, 8)] and len(m.started) == 2
+
+
+def test_response_create_forces_a_summary_and_termination_summarizes_the_rest():
+    m = Meeting()
+    m.send(final(0, said(0), "A"))
+    m.send(frame(type="response.create", reason="summarize the meeting so far"))
+    assert len(m.started) == 1
+    m.complete("S1")
+    m.send(frame(type="response.create"))  # nothing new: nothing fires
+    assert len(m.started) == 1
+    m.send(final(1, said(1), "B"))
+    m.send(frame(type="Termination"))
+    assert len(m.started) == 2 and said(1) in user_content(m.started[1]) and not m.closed
+    m.complete("FINAL")
+    assert m.closed and m.steps == [(0, 0), (1, 1)]
+    assert m.core.conversation.summary == "FINAL"
+
+
+def test_a_failed_or_cancelled_summary_folds_nothing_and_the_next_takes_its_turns():
+    m = Meeting(summary_every={"turns": 2})
+    m.send(final(0, said(0)))
+    m.send(final(1, said(1)))
+    rid = next(iter(m.streams))
+    m.streams.pop(rid)
+    m.feed(m.core.on_failed(rid, Failure("gateway_error", "boom", 500), m.now))
+    assert m.core.conversation.folded_upto == -1 and len(m.started) == 1
+    m.send(final(2, said(2)))
+    assert len(m.started) == 2
+    again = user_content(m.started[1])
+    assert said(0) in again and said(2) in again
+    m.send(frame(type="response.cancel"))
+    assert any(p.type == "response.cancelled" for p in m.published) and not m.streams
+    m.send(final(3, said(3)))  # four turns not folded: the threshold is reached
+    m.send(final(4, said(4)))  # arrives while it runs: one new turn is not yet due
+    m.complete("S")
+    assert m.steps == [(0, 3)] and not m.streams  # turns only: the next turn fires it
+
+
+def test_a_backlog_over_the_budget_is_folded_in_chunks_in_order():
+    m = Meeting(summary_every={"seconds": 3600}, max_context_tokens=400)
+    for i in range(40):  # ~20 tokens each: far over the budget together
+        m.send(final(i, said(i), SPEAKERS[i % 3]))
+    m.send(frame(type="response.create"))
+    chunks = 0
+    while m.streams:
+        start = m.started[-1]
+        assert m.tokens(start) <= 400
+        m.complete(f"SUMMARY{chunks} " + "x" * 300)
+        chunks += 1
+    assert chunks > 3
+    assert [a for a, _ in m.steps] == [0] + [b + 1 for _, b in m.steps[:-1]]
+    assert m.steps[-1][1] == 39
+
+
+def test_a_four_hour_meeting_stays_in_budget_and_folds_every_turn_once():
+    budget = 1500
+    m = Meeting(max_context_tokens=budget)
+    rng = __import__("random").Random(11)
+    summaries: list[str] = []
+    for i in range(3000):
+        m.advance(i * 4.8)  # 3,000 turns in 4 hours
+        m.send(final(i, said(i) + " more" * rng.randrange(0, 40), SPEAKERS[rng.randrange(3)]))
+        if i % 97 == 3:  # speakers relabelled now and then
+            revision = [{"turn_order": i, "speaker_label": "C"}]
+            m.send(frame(type="SpeakerRevision", revisions=revision))
+        if m.streams and rng.random() < 0.7:  # a summary takes a few turns to come back
+            text = f"SUMMARY-{len(summaries)} " + "word " * rng.randrange(50, 400)
+            summaries.append(text)
+            m.complete(text)
+    m.send(frame(type="Termination"))
+    while m.streams:
+        m.complete(f"SUMMARY-{len(summaries)} end")
+        summaries.append("end")
+    assert m.closed and m.max_in_flight == 1
+    assert all(m.tokens(s) <= budget for s in m.started)
+    folded = [i for a, b in m.steps for i in range(a, b + 1)]
+    assert folded == list(range(3000))  # every turn once, in order
+    # every request after the first refines the summary that was current when it was built
+    for start in m.started[1:]:
+        assert "SUMMARY-" in user_content(start)
+    assert m.core.summaries["done"] == len(m.steps)
+
+
+def test_without_a_cadence_every_turn_is_a_summary_step():
+    core = new_core(preset="summary", summary_every=None, on_new_turn="keep", instructions="")
+    out = core.on_message(1, final(0, said(0), "A"), 0.0)
+    first = starts(out)[0]
+    out = core.on_message(1, final(1, said(1), "B"), 0.1)
+    second = starts(out)[0]
+    assert said(0) in user_content(second)  # nothing folded yet: both turns
+    core.on_delta(first.response_id, "S0", 0.2)
+    core.on_done(first.response_id, Completion("stop"), 0.3)
+    assert core.conversation.summary == "S0" and core.conversation.folded_upto == 0
+    core.on_delta(second.response_id, "stale", 0.4)
+    core.on_done(second.response_id, Completion("stop"), 0.5)  # built before S0: not taken
+    assert core.conversation.summary == "S0"
+    out = core.on_message(1, final(2, said(2), "C"), 0.6)
+    third = user_content(starts(out)[0])
+    assert "S0" in third and said(0) not in third and f"B: {said(1)}" in third
