@@ -83,6 +83,7 @@ WORDS = st.sampled_from(
     ["", "hi", "Hi.", "hi there", "Hi, there!", "book it", "what is the capital of France?"]
 )
 DELTAS = st.sampled_from(["Paris", " is", " the", " capital.", "ok", " ", "é"])
+SPEAKER_LABELS = st.sampled_from([None, None, "A", "B", "UNKNOWN"])
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -128,6 +129,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.terminated = False  # Termination or an stt failure was fed
         self.ended = False  # end() was called
         self.joined: list[tuple[str, int, str]] = []  # (rid, deltas seen, text at the join)
+        self.labels: dict[int, str] = {}  # turn_order -> the newest speaker_label given
 
     # ---- playing the adapter -------------------------------------------------------------
 
@@ -242,8 +244,11 @@ class SessionMachine(RuleBasedStateMachine):
         fmt=st.booleans(),
         utt=WORDS,
         words=st.booleans(),
+        speaker=SPEAKER_LABELS,
     )
-    def turn_event(self, step: int, text: str, eot: bool, fmt: bool, utt: str, words: bool):
+    def turn_event(
+        self, step: int, text: str, eot: bool, fmt: bool, utt: str, words: bool, speaker
+    ):
         self.turn = max(0, self.turn + step)
         fields: dict[str, Any] = {
             "type": "Turn",
@@ -258,9 +263,28 @@ class SessionMachine(RuleBasedStateMachine):
                 {"text": w, "start": 0, "end": 1, "confidence": 0.9, "word_is_final": True}
                 for w in text.split()
             ]
+        if speaker is not None:
+            fields["speaker_label"] = speaker
+            if not self.core.ended:  # once the session ended, no client message applies
+                self.labels[self.turn] = speaker
         if eot:
             self.finals.setdefault(self.turn, set()).add(text)
         self.send(**fields)
+
+    @rule(data=st.data(), speaker=SPEAKER_LABELS.filter(bool))
+    def speaker_revision(self, data, speaker: str):
+        """AssemblyAI's SpeakerRevision relabels a recorded turn (or any turn_order)."""
+        recorded = sorted({e["turn_order"] for e in self.core.conversation.history()})
+        order = data.draw(st.sampled_from(recorded or [self.turn]))
+        outs = self.send(
+            type="SpeakerRevision", revisions=[{"turn_order": order, "speaker_label": speaker}]
+        )
+        if not self.core.ended:  # once the session ended, no client message applies
+            self.labels[order] = speaker
+            assert unlogged(outs) == []
+            for e in self.core.conversation.history():
+                if e["role"] == "user" and e["turn_order"] == order:
+                    assert e.get("speaker") == (None if speaker == "UNKNOWN" else speaker)
 
     @rule(text=WORDS, final=WORDS, same=st.booleans(), copy=st.booleans())
     def spoken_turn(self, text: str, final: str, same: bool, copy: bool):
@@ -557,6 +581,8 @@ class SessionMachine(RuleBasedStateMachine):
                 assert e["text"] == text
             else:
                 assert e["text"] in self.finals.get(order, set()), (e, self.finals.get(order))
+                if "speaker" in e:  # a turn's speaker is the newest label given for it
+                    assert e["speaker"] == self.labels.get(order), (e, self.labels.get(order))
 
     @invariant()
     def closes_after_termination(self):
