@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 TRIGGERS = ("end_of_turn", "formatted", "eager")
+CONTEXT_STRATEGIES = ("drop", "summarize")
 ON_NEW_TURN = ("cancel", "supersede", "keep")
 FORMATS = ("json_schema", "json_object", "text")
 TOOL_CHOICES = ("none", "auto", "required")
@@ -129,6 +130,11 @@ class SessionConfig:
     # Meeting cadence (PROTOCOL.md "Long conversations"): null fires per turn; an object
     # {"turns": N, "seconds": S} records turns and fires one summary when either is reached.
     summary_every: dict[str, int | float | None] | None = None
+    # prompt null: turns evicted from the context budget are dropped, or folded into a
+    # running summary (by a background request to `summary_model`, null: `model`) that every
+    # request carries as a system note.
+    context_strategy: str = "drop"
+    summary_model: str | None = None
 
     @classmethod
     def from_defaults(cls, **overrides: object) -> SessionConfig:
@@ -445,4 +451,6 @@ _VALIDATORS: dict[str, Callable[[str, object], object]] = {
     "format_wait_ms": _int_range(0, 5000),
     "resume_window_ms": _int_range(0, 600_000),
     "summary_every": _summary_every,
+    "context_strategy": _enum_of(CONTEXT_STRATEGIES),
+    "summary_model": lambda name, value: None if value is None else _model(name, value),
 }

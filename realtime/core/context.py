@@ -38,7 +38,15 @@ _RATIO_START = 4.0  # characters per token of English text, before any usage is 
 _RATIO_MIN, _RATIO_MAX = 1.5, 8.0
 _RATIO_ALPHA = 0.2  # weight of a new observation in the moving average
 _PLACEHOLDER = re.compile(r"\{\{(turn|history|summary)\}\}")
-NO_SUMMARY = "(none yet: the conversation has just begun)"  # {{summary}} before the first
+NO_SUMMARY = "(none yet: the conversation has just begun)"
+MEMORY_NOTE = "Summary of the earlier part of this conversation (no longer shown in full):\n"
+FOLD_INSTRUCTIONS = (
+    "You maintain the memory of a long conversation between a user and an assistant. "
+    "Given the summary so far and the next part of the conversation, write the new whole "
+    "summary: every fact, name, preference, decision and open request worth remembering, "
+    "in short plain sentences. Keep what the summary so far says unless the conversation "
+    "changed it. Answer with the summary only."
+)  # {{summary}} before the first
 
 
 @dataclass(slots=True)
@@ -89,6 +97,7 @@ class Conversation:
         self.summary: str | None = None
         self.folded_upto = -1
         self.summary_version = 0
+        self.window_start: int | None = None  # the oldest turn of the last dialogue window
 
     # ---- recording ------------------------------------------------------------------------
 
@@ -273,6 +282,51 @@ class Conversation:
         messages.append({"role": "user", "content": _PLACEHOLDER.sub(fill, template)})
         return SummaryRequest(messages, upto, partial=len(lines) < len(turns))
 
+    def _capped(self, text: str, tokens: int) -> str:
+        """`text`, cut to at most `tokens` estimated tokens."""
+        if self.estimate_tokens(text) <= tokens:
+            return text
+        return text[: max(int(tokens * self._ratio), 0)]
+
+    def build_fold(self, cfg: SessionConfig) -> SummaryRequest | None:
+        """The next memory fold (`context_strategy: summarize`): the summary so far and the
+        turns (with their replies) that fell out of the last dialogue window and are not
+        folded yet, oldest first, whole turns, as many as fit in `max_context_tokens` (never
+        fewer than one); None when there are none."""
+        if self.window_start is None:
+            return None
+        groups: list[tuple[int, list[str]]] = []
+        for e in self._entries.values():
+            if not (self.folded_upto < e.turn_order < self.window_start):
+                continue
+            if not (e.finished and e.text):
+                continue
+            line = ("User: " if e.role == "user" else "Assistant: ") + e.text
+            if groups and groups[-1][0] == e.turn_order:
+                groups[-1][1].append(line)
+            else:
+                groups.append((e.turn_order, [line]))
+        if not groups:
+            return None
+        budget = cfg.max_context_tokens - self._cost(FOLD_INSTRUCTIONS)
+        head = "Summary so far:\n{}\n\nThe conversation since, oldest first:\n"
+        summary = self._capped(self.summary or NO_SUMMARY, budget // 2)
+        budget -= self._cost(head.format(summary))
+        lines: list[str] = []
+        upto = -1
+        for turn_order, group in groups[: cfg.max_context_turns]:
+            cost = sum(self.estimate_tokens(line) + 1 for line in group)
+            if lines and cost > budget:
+                break
+            budget -= cost
+            lines += group
+            upto = turn_order
+        messages: list[dict[str, object]] = [
+            {"role": "system", "content": FOLD_INSTRUCTIONS},
+            {"role": "user", "content": head.format(summary) + "\n".join(lines)},
+        ]
+        return SummaryRequest(messages, upto, partial=upto != groups[-1][0])
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -333,6 +387,10 @@ class Conversation:
         budget = cfg.max_context_tokens - sum(self._cost(str(m["content"])) for m in messages)
         if cfg.prompt is None:
             budget -= self._cost(text)
+            if cfg.context_strategy == "summarize" and self.summary:
+                note = MEMORY_NOTE + self._capped(self.summary, budget // 2)
+                messages.append({"role": "system", "content": note})
+                budget -= self._cost(note)
             messages += self._dialogue(turn_order, budget, cfg.max_context_turns - 1)
             messages.append({"role": "user", "content": text})
         else:
@@ -377,6 +435,7 @@ class Conversation:
             budget -= group_cost
             kept += group
             group, group_cost, turns = [], 0, turns + 1
+        self.window_start = kept[-1].turn_order if kept else turn_order
         return [{"role": e.role, "content": e.text} for e in reversed(kept)]
 
     def _render(

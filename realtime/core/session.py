@@ -172,6 +172,10 @@ class SessionCore:
         self._last_summary_at: float | None = None
         self._final_summary = False  # the last summary at the end of input was considered
         self.summaries = {"fired": 0, "done": 0, "folds": 0}
+        # The memory fold (context_strategy: summarize): one background request at a time,
+        # invisible to clients, outside the policy and max_inflight.
+        self._fold: tuple[str, int, int] | None = None  # (id, upto, summary version)
+        self._fold_text: list[str] = []
 
     @property
     def accepting(self) -> bool:
@@ -295,6 +299,9 @@ class SessionCore:
         return [Publish(out_msg.response_queued(r.id, r.turn_order, wait_ms))]
 
     def on_delta(self, response_id: str, text: str, at: float) -> list[Output]:
+        if self._fold is not None and response_id == self._fold[0]:
+            self._fold_text.append(text)
+            return []
         r = self.replies.get(response_id)
         if r is None:
             return []
@@ -321,10 +328,58 @@ class SessionCore:
             r.request_id = request_id
 
     def on_done(self, response_id: str, completion: Completion, at: float) -> list[Output]:
+        if self._fold is not None and response_id == self._fold[0]:
+            return self._fold_ended(True, at)
         return self._ended(response_id, completion, at)
 
     def on_failed(self, response_id: str, failure: Failure, at: float) -> list[Output]:
+        if self._fold is not None and response_id == self._fold[0]:
+            return self._fold_ended(False, at)
         return self._ended(response_id, failure, at)
+
+    # ---- the memory fold (context_strategy: summarize) ---------------------------------
+
+    def _maybe_fold(self, out: list[Output]) -> None:
+        """Start folding the turns that fell out of the context window, if any and none is
+        running. It never delays a reply: its request starts after the reply's."""
+        cfg = self.config
+        if cfg.context_strategy != "summarize" or cfg.prompt is not None:
+            return
+        if self._fold is not None or self.ended or self.closing or self.terminated:
+            return
+        step = self.conversation.build_fold(cfg)
+        if step is None:
+            return
+        rid = self._new_id("m_")
+        body: dict[str, Any] = {
+            "model": cfg.summary_model or cfg.model,
+            "messages": step.messages,
+            "stream": True,
+        }
+        self._fold = (rid, step.upto, self.conversation.summary_version)
+        self._fold_text = []
+        self.summaries["fired"] += 1
+        out.append(StartStream(rid, body, ()))
+        out.append(Log(logging.DEBUG, "memory fold started", {"upto": step.upto}))
+
+    def _fold_ended(self, done: bool, at: float) -> list[Output]:
+        assert self._fold is not None
+        _, upto, base = self._fold
+        text = "".join(self._fold_text).strip()
+        self._fold, self._fold_text = None, []
+        out: list[Output] = []
+        if done and text and base == self.conversation.summary_version:
+            self.conversation.set_summary(text, upto)
+            self.summaries["done"] += 1
+            self.summaries["folds"] += 1
+            self._maybe_fold(out)  # the rest of a backlog follows
+        self._drain(at, out)
+        return out
+
+    def _stop_fold(self, out: list[Output]) -> None:
+        if self._fold is not None:
+            out.append(StopStream(self._fold[0]))
+            self._fold, self._fold_text = None, []
 
     def on_timer(self, key: int, at: float) -> list[Output]:
         self._timers.discard(key)
@@ -364,6 +419,7 @@ class SessionCore:
         for key in sorted(self._timers):
             out.append(CancelTimer(key))
         self._timers.clear()
+        self._stop_fold(out)
         out.append(CloseAll(code, "server shutting down" if reason == "shutdown" else ""))
         return out
 
@@ -406,6 +462,7 @@ class SessionCore:
             self._final_summary = True
             self._request_background(at, out, force=True)
         if self.terminated and not self.replies and not self.closing:
+            self._stop_fold(out)
             self.closing = True
             self.end_reason = "stt_error" if self.stt_failed else "termination"
             out.append(CloseAll(CLOSE_NORMAL, "session ended"))
@@ -455,6 +512,7 @@ class SessionCore:
         if not a.queued:
             out.append(self._start(r))
         self._show(r, a.text, out)
+        self._maybe_fold(out)
 
     # ---- the background reply: summaries on a cadence, response.create ---------------------
 
@@ -583,6 +641,7 @@ class SessionCore:
         self.turns_fired += 1
         self.metrics.speculations_total.inc("promoted")
         self._show(r, a.text, out)
+        self._maybe_fold(out)
         if r.held:
             held = "".join(r.held)
             r.held.clear()

@@ -100,3 +100,32 @@ async def test_the_seconds_threshold_and_response_create(service: Service):
     assert [h.get("speaker") for h in users] == ["A", "C"]
     await joined.close()
     await c.close()
+
+
+async def test_an_assistant_with_summarize_still_knows_turn_one(service: Service):
+    service.emulator.token_delay = 0.001
+    c = await service.connect(
+        session={"context_strategy": "summarize", "max_context_turns": 3, "on_new_turn": "keep"}
+    )
+
+    def is_fold(body: dict[str, Any]) -> bool:
+        return "maintain the memory" in str(body["messages"][0]["content"])
+
+    remembered_at = None
+    for i in range(80):
+        text = "my name is Zed" if i == 1 else f"question number {i}"
+        await c.send(turn(i, text))
+        await c.wait_terminals(i + 1, timeout=10)
+        last = next(r.body for r in reversed(service.emulator.requests) if not is_fold(r.body))
+        notes = [m for m in last["messages"] if "Summary of the earlier" in str(m["content"])]
+        if i > 10 and notes and "my name is Zed" in notes[0]["content"]:
+            remembered_at = i
+            # turn 1 itself is long out of the window: only the note carries it
+            assert sum("my name is Zed" in str(m["content"]) for m in last["messages"]) == 1
+            break
+    assert remembered_at is not None
+    await c.close()
+    assert_guarantees(c.messages)
+    created = [m for m in c.messages if m["type"] == "response.created"]
+    assert len(created) == remembered_at + 1  # the folds are invisible to clients
+    assert any(is_fold(r.body) for r in service.emulator.requests)

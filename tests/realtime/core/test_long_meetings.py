@@ -414,3 +414,87 @@ def test_without_a_cadence_every_turn_is_a_summary_step():
     out = core.on_message(1, final(2, said(2), "C"), 0.6)
     third = user_content(starts(out)[0])
     assert "S0" in third and said(0) not in third and f"B: {said(1)}" in third
+
+
+# ---- memory for assistants: context_strategy summarize ----------------------------------------
+
+
+def test_an_assistant_remembers_turn_one_at_turn_500_through_its_folded_memory():
+    budget = 600
+    core = new_core(context_strategy="summarize", summary_model="small", max_context_tokens=budget)
+    conv = core.conversation
+    folds: list[tuple[int, int]] = []
+    fold_prompts: list[str] = []
+    pending_fold: StartStream | None = None
+    last: StartStream | None = None
+    for i in range(500):
+        text = "my name is Zed and I like green tea" if i == 1 else said(i)
+        out = core.on_message(1, final(i, text), float(i))
+        for s in starts(out):
+            assert (
+                sum(conv.estimate_tokens(str(m["content"])) + 4 for m in s.body["messages"])
+                <= budget
+            )
+            if s.response_id.startswith("m_"):
+                assert s.body["model"] == "small" and pending_fold is None
+                pending_fold = s
+                fold_prompts.append(user_content(s))
+            else:
+                last = s
+                assert s.body["model"] == "m"
+        assert last is not None
+        rid = last.response_id
+        core.on_delta(rid, f"ok {i}", float(i) + 0.1)  # the reply never waits for the fold
+        core.on_done(rid, Completion("stop"), float(i) + 0.2)
+        if pending_fold is not None and i % 3 == 0:  # the fold comes back a little later
+            prompt = user_content(pending_fold)
+            memory = "Zed likes green tea." if "Zed" in prompt else "nothing yet."
+            before = conv.folded_upto
+            fid, pending_fold = pending_fold.response_id, None
+            core.on_delta(fid, memory, float(i) + 0.3)
+            outs = core.on_done(fid, Completion("stop"), float(i) + 0.3)
+            folds.append((before + 1, conv.folded_upto))
+            for s in starts(outs):
+                pending_fold = s
+                fold_prompts.append(user_content(s))
+    assert last is not None
+    messages = last.body["messages"]
+    notes = [
+        m for m in messages if m["role"] == "system" and "Summary of the earlier" in m["content"]
+    ]
+    assert len(notes) == 1 and "Zed likes green tea." in notes[0]["content"]
+    assert "my name is Zed" not in str(messages)  # turn 1 itself left the window long ago
+    # every folded turn was folded once, in order, none skipped
+    assert [a for a, _ in folds] == [0] + [b + 1 for _, b in folds[:-1]]
+    assert folds[-1][1] > 400
+    # no client ever heard of a fold
+    assert all(r.startswith("r_") for r in core.replies)
+
+
+def test_a_running_fold_is_stopped_at_the_end_and_folds_nothing_when_drop():
+    core = new_core(context_strategy="summarize", max_context_tokens=256, max_context_turns=2)
+    fold: list[StartStream] = []
+    for i in range(4):
+        out = core.on_message(1, final(i, said(i)), float(i))
+        rid = next(s for s in starts(out) if s.response_id.startswith("r_")).response_id
+        fold += [s for s in starts(out) if s.response_id.startswith("m_")]
+        core.on_delta(rid, "ok", float(i))
+        core.on_done(rid, Completion("stop"), float(i))
+    assert len(fold) == 1  # one at a time: the first is still running
+    end = core.end("client", 1000, 9.0)
+    assert StopStream(fold[0].response_id) in end
+    plain = new_core(max_context_tokens=256, max_context_turns=2)
+    for i in range(4):
+        out = plain.on_message(1, final(i, said(i)), float(i))
+        assert not [s for s in starts(out) if s.response_id.startswith("m_")]
+
+
+def test_context_strategy_config():
+    cfg = SessionConfig()
+    assert cfg.context_strategy == "drop" and cfg.summary_model is None
+    c = cfg.update({"context_strategy": "summarize", "summary_model": "small"})
+    assert (c.context_strategy, c.summary_model) == ("summarize", "small")
+    assert c.update({"preset": "assistant"}).context_strategy == "summarize"
+    for bad in ({"context_strategy": "forget"}, {"summary_model": ""}, {"summary_model": 3}):
+        with pytest.raises(ConfigError):
+            cfg.update(bad)
