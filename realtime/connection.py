@@ -37,6 +37,27 @@ CLOSE_POLICY = 1008
 class Connection:
     """A bounded, ordered outbound queue and the writer that drains it."""
 
+    # One per WebSocket: slots keep an idle connection's memory small.
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_queue",
+        "_wakeup",
+        "_writable",
+        "aborted",
+        "close_timeout",
+        "closed",
+        "dropped",
+        "endpoint",
+        "high_water",
+        "id",
+        "limit",
+        "role",
+        "send_started",
+        "transport",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,

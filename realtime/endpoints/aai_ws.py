@@ -40,6 +40,8 @@ _TRANSCRIPTS_KEPT = 32
 class AaiConnection(Connection):
     """A connection that speaks only AssemblyAI's message types (unless `stream_llm`)."""
 
+    __slots__ = ("_termination", "_transcripts", "_upstream_code", "stream_llm")
+
     def __init__(self, *args: Any, stream_llm: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_llm = stream_llm
