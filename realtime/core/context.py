@@ -456,12 +456,16 @@ class Conversation:
         text again): a long turn or prompt can never be multiplied.
         """
         history = ""
+        summary = ""
+        if "{{summary}}" in template:  # only when nothing is left to fold (build_summary)
+            summary = self._capped(self.summary or NO_SUMMARY, budget // 2)
         if "{{history}}" in template:
             fixed = _PLACEHOLDER.sub("", template) + (text if "{{turn}}" in template else "")
+            fixed += summary
             room = budget - self._cost(fixed)
             lines = self._transcript(turn_order, text, room, max_turns, speaker)
             history = "\n".join(lines)
-        values = {"turn": text, "history": history}
+        values = {"turn": text, "history": history, "summary": summary}
 
         def fill(match: re.Match[str]) -> str:
             return values.pop(match.group(1), "")  # the first copy only

@@ -498,3 +498,11 @@ def test_context_strategy_config():
     for bad in ({"context_strategy": "forget"}, {"summary_model": ""}, {"summary_model": 3}):
         with pytest.raises(ConfigError):
             cfg.update(bad)
+
+
+def test_a_summary_template_renders_the_summary_even_with_nothing_left_to_fold():
+    conv = Conversation()
+    conv.add_user(0, "hello", "A")
+    conv.set_summary("SUM", 0)
+    cfg = SessionConfig(instructions="", prompt="{{summary}} | {{turn}}")
+    assert conv.build_messages(cfg, 0)[-1]["content"] == "SUM | hello"
