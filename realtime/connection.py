@@ -185,6 +185,7 @@ class Connection:
                     self.send_started = loop.time()
                     await ws.send_frame(data, WSMsgType.TEXT)
                     self.send_started = 0.0
+                    data = b""  # an idle writer must not keep its last message alive
                 if self.closed:
                     break
                 self._wakeup.clear()

@@ -53,6 +53,7 @@ now = time.perf_counter
 
 RELAY_CONN = 0  # the connection id of events that speech-to-text produced
 REPLAY_LOG = 4096  # messages a session keeps for participants that resume (PROTOCOL.md)
+_NO_REPLAY: deque[tuple[int, bytes]] = deque(maxlen=0)  # shared stand-in, never appended to
 
 
 def new_id(prefix: str) -> str:
@@ -96,10 +97,10 @@ class Session:
         # Resuming (PROTOCOL.md "Resuming a session"): every message gets the next `seq` and
         # is kept in a bounded replay log; the token lets a dropped participant back in.
         self.seq = 0
-        self.replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_LOG)
+        self.replay: deque[tuple[int, bytes]] = _NO_REPLAY  # made on the first message
         self.resume_token = secrets.token_urlsafe(24)
-        self.finished = asyncio.Event()  # set when the session is to end
-        self.started = asyncio.Event()  # set once its TaskGroup runs
+        # Done when the session is to end. A future, not an Event: one per session, smaller.
+        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._detached: asyncio.TimerHandle | None = None
         self._detached_at = 0  # the seq when its last participant left
         # False: speech-to-text only (a /v3/ws client that asked for no LLM replies); turns
@@ -113,7 +114,16 @@ class Session:
 
     @property
     def accepting(self) -> bool:
-        return self.core.accepting and not self.finished.is_set()
+        return self.core.accepting and not self._finished.done()
+
+    @property
+    def running_now(self) -> bool:
+        """Whether its TaskGroup runs (it does one turn of the loop after `Server.start_session`)."""
+        return self._tg is not None
+
+    def finish(self) -> None:
+        if not self._finished.done():
+            self._finished.set_result(None)
 
     @property
     def ended(self) -> bool:
@@ -126,7 +136,7 @@ class Session:
         (its input ended and drained, its last participant gone past the resume window, or
         shutdown), then ends it and awaits everything it started."""
         async with self.running():
-            await self.finished.wait()
+            await self._finished
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Session]:
@@ -139,14 +149,13 @@ class Session:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                self.started.set()
                 try:
                     yield self
                 finally:
                     self.end("client", CLOSE_NORMAL)
         finally:
             self._tg = None
-            self.finished.set()
+            self.finish()
             if self._detached is not None:
                 self._detached.cancel()
                 self._detached = None
@@ -170,7 +179,7 @@ class Session:
         self.run(self.core.end(reason, close_code, now()))
         if self.relay is not None:
             self.relay.close()
-        self.finished.set()
+        self.finish()
 
     def shutdown(self) -> None:
         self.end("shutdown", CLOSE_GOING_AWAY)
@@ -224,7 +233,7 @@ class Session:
         if self.connections.pop(conn.id, None) is None:
             return
         self.deps.metrics.connections_active.add(-1, conn.role)
-        if conn.role == "participant" and not self.participants() and not self.finished.is_set():
+        if conn.role == "participant" and not self.participants() and not self._finished.done():
             self._last_participant_left()
 
     def _last_participant_left(self) -> None:
@@ -315,7 +324,7 @@ class Session:
             elif isinstance(o, CloseAll):
                 for conn in list(self.connections.values()):
                     conn.close(o.code, o.reason)
-                self.finished.set()
+                self.finish()
             elif isinstance(o, Log):
                 self.log.log(o.level, o.message, extra=o.fields)
 
@@ -325,6 +334,8 @@ class Session:
     def _next_seq(self, data_of: Outbound) -> tuple[int, bytes]:
         self.seq += 1
         data = data_of.encode(self.seq)
+        if self.replay is _NO_REPLAY:
+            self.replay = deque(maxlen=REPLAY_LOG)
         self.replay.append((self.seq, data))
         if self._detached is not None and self.seq - self._detached_at >= REPLAY_LOG - 16:
             # Nobody reads while detached: a reply that would push what the resuming

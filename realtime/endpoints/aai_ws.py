@@ -13,6 +13,7 @@ last message.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -206,7 +207,8 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
         session.llm = llm
         server.start_session(session)
         try:
-            await session.started.wait()
+            await asyncio.sleep(0)  # the session's task enters its TaskGroup first (FIFO)
+            assert session.running_now
             ws = await server.upgrade(request)
         except BaseException:
             session.end("client", 1000)

@@ -8,6 +8,7 @@ creator of the same `session_id` joins it instead of replacing it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -80,7 +81,8 @@ async def serve(server: Server, request: web.Request) -> web.StreamResponse:
         session = Session(session_id or new_id("s_"), server.deps)
         server.start_session(session)  # before the first await: concurrent creators see it
         try:
-            await session.started.wait()
+            await asyncio.sleep(0)  # the session's task enters its TaskGroup first (FIFO)
+            assert session.running_now
             ws = await server.upgrade(request)
             shrink_send_buffer(request, PARTICIPANT_SNDBUF)
         except BaseException:
