@@ -11,6 +11,12 @@ Two rules keep the history equal to what the user actually heard (voice-framewor
 `response.truncate` keeps only a prefix of it. Context can never grow without bound: the log
 holds at most `max_entries` entries, and a request is built by walking back from the newest
 entry, so its cost follows the window, not the length of the session.
+
+Long conversations (PROTOCOL.md "Long conversations"): user turns keep their speaker label
+(`speaker_line` renders it); the latest completed summary and the newest turn folded into it
+are kept here. `build_summary` makes the next refine step (the summary plus the turns not yet
+folded, oldest first, in chunks within the budget); `build_fold` does the same for an
+assistant's turns that left the context window (`context_strategy: summarize`).
 """
 
 from __future__ import annotations

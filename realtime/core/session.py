@@ -604,7 +604,7 @@ class SessionCore:
                 self.summaries["folds"] += 1
             else:  # its turns are not folded: the next step takes them again
                 self._covered_upto = conv.folded_upto
-                self._background_due = False
+                done = False  # an empty or stale summary is retried like a failure
         if not done:
             self._background_due = False
         if self.ended:

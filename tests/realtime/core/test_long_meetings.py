@@ -506,3 +506,15 @@ def test_a_summary_template_renders_the_summary_even_with_nothing_left_to_fold()
     conv.set_summary("SUM", 0)
     cfg = SessionConfig(instructions="", prompt="{{summary}} | {{turn}}")
     assert conv.build_messages(cfg, 0)[-1]["content"] == "SUM | hello"
+
+
+def test_an_empty_summary_is_not_retried_at_once():
+    m = Meeting(summary_every={"turns": 2})
+    m.send(final(0, said(0)))
+    m.send(final(1, said(1)))
+    rid = next(iter(m.streams))
+    m.streams.pop(rid)
+    m.feed(m.core.on_done(rid, Completion("stop"), m.now))  # no text at all
+    assert not m.streams and m.core.conversation.summary is None
+    m.send(final(2, said(2)))  # the next turn retries, with every turn not folded
+    assert len(m.started) == 2 and said(0) in user_content(m.started[1])
