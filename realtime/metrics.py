@@ -258,6 +258,27 @@ class ServiceMetrics:
             "WebSocket upgrades refused before the upgrade, by code.",
             ["code"],
         )
+        self.summaries_started_total = r.counter(
+            "realtime_summaries_started_total",
+            "Summary requests started, by kind (meeting: the rolling summary; memory: an "
+            "assistant's folded context).",
+            ["kind"],
+        )
+        self.summaries_total = r.counter(
+            "realtime_summaries_total",
+            "Summary requests that ended, by kind and outcome (done: it became the session's "
+            "summary; dropped: failed, cancelled, empty or built on an older summary).",
+            ["kind", "outcome"],
+        )
+        self.summary_latency_ms = r.histogram(
+            "realtime_summary_latency_ms",
+            "A meeting summary's request fired to its completion, in milliseconds.",
+        )
+        self.summary_chars = r.histogram(
+            "realtime_summary_chars",
+            "Size of each summary that became a session's summary, in characters.",
+            buckets=(100, 300, 1000, 3000, 10000, 30000),
+        )
         self.internal_errors_total = r.counter(
             "realtime_internal_errors_total",
             "Client messages whose handling failed inside the server (answered internal_error).",

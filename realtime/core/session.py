@@ -359,6 +359,7 @@ class SessionCore:
         self._fold = (rid, step.upto, self.conversation.summary_version)
         self._fold_text = []
         self.summaries["fired"] += 1
+        self.metrics.summaries_started_total.inc("memory")
         out.append(StartStream(rid, body, ()))
         out.append(Log(logging.DEBUG, "memory fold started", {"upto": step.upto}))
 
@@ -370,11 +371,22 @@ class SessionCore:
         out: list[Output] = []
         if done and text and base == self.conversation.summary_version:
             self.conversation.set_summary(text, upto)
-            self.summaries["done"] += 1
-            self.summaries["folds"] += 1
+            self._summary_taken("memory", text, None, at)
             self._maybe_fold(out)  # the rest of a backlog follows
+        else:
+            self.metrics.summaries_total.inc("memory", "dropped")
         self._drain(at, out)
         return out
+
+    def _summary_taken(self, kind: str, text: str, fired_at: float | None, at: float) -> None:
+        """A summary step completed and became the session's summary: count it."""
+        self.summaries["done"] += 1
+        self.summaries["folds"] += 1
+        metrics = self.metrics
+        metrics.summaries_total.inc(kind, "done")
+        metrics.summary_chars.observe(len(text))
+        if fired_at is not None:
+            metrics.summary_latency_ms.observe((at - fired_at) * 1000)
 
     def _stop_fold(self, out: list[Output]) -> None:
         if self._fold is not None:
@@ -573,6 +585,7 @@ class SessionCore:
             r.summary_base = self.conversation.summary_version
             self._background_due = step.partial  # the rest follows at once
             self.summaries["fired"] += 1
+            self.metrics.summaries_started_total.inc("meeting")
         else:
             messages = self.conversation.build_messages(cfg, newest[0])
             self._background_due = False
@@ -600,9 +613,9 @@ class SessionCore:
         if r.summary_upto is not None:
             if done and text.strip() and r.summary_base == conv.summary_version:
                 conv.set_summary(text, r.summary_upto)
-                self.summaries["done"] += 1
-                self.summaries["folds"] += 1
+                self._summary_taken("meeting", text, r.fired_at, at)
             else:  # its turns are not folded: the next step takes them again
+                self.metrics.summaries_total.inc("meeting", "dropped")
                 self._covered_upto = conv.folded_upto
                 done = False  # an empty or stale summary is retried like a failure
         if not done:
@@ -720,8 +733,7 @@ class SessionCore:
             # a per-turn summary step (no cadence): it folds its turns unless stale
             if r.summary_base == self.conversation.summary_version:
                 self.conversation.set_summary(delivered, r.summary_upto)
-                self.summaries["done"] += 1
-                self.summaries["folds"] += 1
+                self._summary_taken("meeting", delivered, r.fired_at, at)
         try:
             self._report_end(r, outcome, delivered, at, out)
         finally:

@@ -71,6 +71,11 @@ async def test_a_meeting_is_summarized_at_its_cadence_one_summary_at_a_time(serv
         assert after.startswith("Summary so far: " + before["text"])
     # speakers reach the prompt
     assert "A: point 0 raised" in news[0] and "B: point 1 raised" in news[0]
+    # and /metrics counts every summary step that became the summary
+    metrics = service.server.metrics
+    assert metrics.summaries_started_total.value("meeting") == len(done)
+    assert metrics.summaries_total.value("meeting", "done") == len(done)
+    assert metrics.summary_chars.count() == len(done) == metrics.summary_latency_ms.count()
 
 
 async def test_the_seconds_threshold_and_response_create(service: Service):
