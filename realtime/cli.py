@@ -615,6 +615,7 @@ def server_settings(
         v3_default_llm=args.v3_default_llm,
         public_metrics=args.public_metrics,
         redis_url=args.redis_url,
+        model_prefixes=EU_MODEL_PREFIXES if uses_eu_gateway(args) else (),
     )
 
 

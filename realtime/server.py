@@ -73,6 +73,9 @@ class ServerSettings:
     v3_default_llm: bool = False
     # With auth on, /metrics needs a token too unless this is set (/healthz never does).
     public_metrics: bool = False
+    # Models a session may choose must start with one of these (AssemblyAI's EU gateway
+    # serves Claude and Gemini models only); empty: any model.
+    model_prefixes: tuple[str, ...] = ()
     # Cluster mode: per-model rate windows shared through this Redis; None: in-process only.
     redis_url: str | None = None
     default_config: SessionConfig = field(default_factory=SessionConfig)
@@ -136,6 +139,7 @@ class Server:
             default_config=settings.default_config,
             participant_queue=settings.participant_queue,
             viewer_queue=settings.viewer_queue,
+            model_prefixes=settings.model_prefixes,
         )
         self.max_connections = settings.max_connections or default_max_connections()
         self.sessions: dict[str, Session] = {}

@@ -78,6 +78,7 @@ class Deps:
     default_config: SessionConfig
     participant_queue: int = 4096
     viewer_queue: int = 1024
+    model_prefixes: tuple[str, ...] = ()  # empty: any model (see ServerSettings)
 
 
 class Session:
@@ -87,7 +88,11 @@ class Session:
         self.id = session_id
         self.deps = deps
         self.core = SessionCore(
-            session_id, config or deps.default_config, new_id=new_id, metrics=deps.metrics
+            session_id,
+            config or deps.default_config,
+            new_id=new_id,
+            metrics=deps.metrics,
+            model_prefixes=deps.model_prefixes,
         )
         self.connections: dict[int, Connection] = {}
         self._streams: dict[str, asyncio.Task[None]] = {}

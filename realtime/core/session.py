@@ -143,7 +143,9 @@ class SessionCore:
         *,
         new_id: Callable[[str], str],
         metrics: ServiceMetrics | None = None,
+        model_prefixes: tuple[str, ...] = (),
     ) -> None:
+        self.model_prefixes = model_prefixes
         self.id = session_id
         self.config = config
         self.metrics = metrics or ServiceMetrics()
@@ -787,6 +789,7 @@ class SessionCore:
         changes nothing."""
         try:
             config = self.config.update(patch)
+            self._check_models(config)
             wire = config.to_wire()
             orjson.dumps(wire)  # what session.updated will carry must serialise
             policy_args = _policy_args(config)
@@ -800,6 +803,22 @@ class SessionCore:
         self.config = config
         ignored = SessionConfig.ignored_fields(patch)
         out.append(Publish(out_msg.session_updated(self.id, wire, ignored)))
+
+    def _check_models(self, config: SessionConfig) -> None:
+        """With `model_prefixes` (the EU gateway), every model the session would use must be
+        one the gateway serves."""
+        prefixes = self.model_prefixes
+        if not prefixes:
+            return
+        models = [config.model, *(str(f["model"]) for f in config.fallbacks)]
+        if config.summary_model:
+            models.append(config.summary_model)
+        for model in models:
+            if not model.lower().startswith(prefixes):
+                raise ConfigError(
+                    f"model: {model[:80]} is not served by this server's gateway region "
+                    f"(models starting {', '.join(prefixes)} only)"
+                )
 
     def _truncate(self, conn: int, m: ResponseTruncate, out: list[Output]) -> None:
         r = self.replies.get(m.response_id)

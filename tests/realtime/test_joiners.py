@@ -77,3 +77,23 @@ async def test_a_reply_waiting_for_the_rate_window_says_so_and_cancels_cleanly(
     assert service.server.limiter.in_flight == 0
     assert_guarantees(c.messages)
     await c.close()
+
+
+async def test_an_eu_server_refuses_models_its_gateway_does_not_serve(service: Service):
+    """With the EU gateway (model_prefixes), session.update may not choose a model it lacks,
+    as a fallback or a summary model either; nothing of the refused update applies."""
+    service.server.deps.model_prefixes = ("claude-", "gemini-")
+    c = await service.connect()
+    for patch in (
+        {"model": "gpt-4.1"},
+        {"model": "claude-sonnet-4-6", "fallbacks": ["gpt-5"]},
+        {"model": "claude-sonnet-4-6", "summary_model": "gpt-5-mini"},
+    ):
+        await c.send({"type": "session.update", "session": patch})
+    errors = await c.wait_type("error", 3)
+    assert [e["error"]["code"] for e in errors] == ["invalid_config"] * 3
+    assert "not served by this server's gateway region" in errors[0]["error"]["message"]
+    await c.send({"type": "session.update", "session": {"model": "claude-sonnet-4-6"}})
+    updated = (await c.wait_type("session.updated"))[0]
+    assert updated["session"]["model"] == "claude-sonnet-4-6"
+    await c.close()
