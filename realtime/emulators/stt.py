@@ -9,6 +9,12 @@ script, paced by the loudness of the audio it receives (see `stt_engine`), or re
 `api_host="ws://127.0.0.1:PORT"`. Its own messages are written as the service writes them
 (`stt_engine.encode`: `1.4e-05`, not `0.000014`); replayed ones are sent verbatim.
 
+Speakers: with `speaker_labels=true` (and optionally `max_speakers`) scripted turns carry
+`speaker_label` and per-word `speaker`, and relabels become `SpeakerRevision` messages. A script
+line `B: text` is spoken by B (no prefix: A); `A>C: text` is heard as A and relabelled to C
+(sent after `Terminate`, or right after the turn with `speaker_labels_revision_interval_ms`).
+See `stt_engine` for the details.
+
 Errors, each an `Error` frame followed by a close with the same code:
 1008 bad or missing key/token; 3006 invalid JSON, unknown message type, bad connection
 parameter, or `inactivity_timeout` reached; 3007 a binary frame outside 50..1000 ms of audio, or
@@ -373,6 +379,9 @@ class _Session:
                 max_turn_silence=params.get("max_turn_silence"),
                 word_ms=self.emu.word_ms,
                 silence_ms=self.emu.silence_ms,
+                speaker_labels=params.get("speaker_labels") is True,
+                max_speakers=params.get("max_speakers"),
+                revision_interval_ms=params.get("speaker_labels_revision_interval_ms"),
             )
             self.ear = ScriptedEar(config, list(self.emu.script))
             version = request.headers.get("AssemblyAI-Version", API_VERSION)
@@ -380,7 +389,11 @@ class _Session:
                 "type": "Begin",
                 "id": self.rec.id,
                 "expires_at": expires_at,
-                "configuration": {"model": params["speech_model"], "api_version": version},
+                "configuration": {
+                    "model": params["speech_model"],
+                    "api_version": version,
+                    "speaker_labels": params.get("speaker_labels") is True,
+                },
             }
         await self.send(begin)
         if self.emu._fail is not None:
@@ -484,6 +497,9 @@ class _Session:
             self.rec.terminated = True
             for out in self.ear.end_turn():
                 await self.send(out)
+            if isinstance(self.ear, ScriptedEar):
+                for out in self.ear.final_revisions():  # relabels come last, as the service's
+                    await self.send(out)
             audio_s = round(self.audio_ms / 1000.0)
             session_s = round(time.monotonic() - self.started)
             if isinstance(self.ear, ReplayEar):
@@ -522,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--script",
         metavar="FILE",
-        help="text file, one turn per line, or a .jsonl recording to replay "
-        "(default: a built-in conversation)",
+        help="text file, one turn per line (`B: text` sets the speaker, `A>C: text` relabels), "
+        "or a .jsonl recording to replay (default: a built-in conversation)",
     )
     p.add_argument("--word-ms", type=int, default=300, help="loud audio per word (ms)")
     p.add_argument(

@@ -39,6 +39,24 @@ words are all non-final with `end_of_turn_confidence` 0, and the single final is
 (`turn_is_formatted` = `end_of_turn`, `end_of_turn_confidence` 1, `utterance` = `transcript`).
 As in the U3 Pro recording, those two confidences are the integers `0` and `1`.
 
+Speakers (`speaker_labels=true`): each script line may start with a speaker prefix,
+
+    A: Let's start with the budget.        spoken by speaker A
+    B: We are over by ten percent.         spoken by speaker B
+    Then we cut travel.                    no prefix: speaker A
+    A>C: I can take that action item.      heard as A, relabelled to C afterwards
+
+(one capital letter, optionally `>` and the letter it is relabelled to, then `:` and a space;
+the prefix is never part of the words heard, with or without `speaker_labels`). With
+`speaker_labels`, every `Turn` of a scripted turn carries `speaker_label` and every final word
+carries `speaker`; with `max_speakers=N` a speaker beyond the N-th letter is folded onto
+letter index % N (with N=2, C is heard as A). A relabelled line (`A>C:`) ends, as heard, with
+`A`; a `SpeakerRevision` then names its `turn_order`, the new `speaker_label` and its words
+(formatted, final, with the new `speaker`). As the service does by default (final revision
+only), revisions are sent after `Terminate`, before `Termination`; with
+`speaker_labels_revision_interval_ms` set, each is sent right after the turn's end-of-turn
+message(s) instead. Without `speaker_labels` no speaker field or revision is ever sent.
+
 Numbers are written as the service writes them (`encode`): Python's shortest float form,
 so `1.4e-05` stays `1.4e-05` and integers stay integers.
 """
@@ -153,6 +171,8 @@ def parse_params(query: str) -> dict[str, Any]:
 # --- words, numbers and formatting ------------------------------------------------------------
 
 _STRIP = re.compile(r"[^\w']+")
+_SPEAKER_PREFIX = re.compile(r"^(?P<speaker>[A-Z])(?:>(?P<revised>[A-Z]))?:\s+(?P<text>.*)$")
+DEFAULT_SPEAKER = "A"
 _SENTENCE_END = (".", "?", "!")
 MIN_REVISED_LETTERS = 4  # shorter words are never heard in part
 UTTERANCE_EOT_CONFIDENCE = 0.45  # at an utterance boundary that does not end the turn
@@ -178,6 +198,14 @@ def word_confidence(word: str) -> float:
 def partial_confidence(words: int) -> float:
     """A partial's end-of-turn confidence: tiny early in a turn (7e-05), rising with its words."""
     return round(min(0.2, 1e-05 * 7.0**words), 6)
+
+
+def script_line(line: str) -> tuple[str, str | None, str]:
+    """(speaker, relabelled-to or None, text) of a script line: `B: text`, `A>C: text`, `text`."""
+    m = _SPEAKER_PREFIX.match(line.strip())
+    if m is None:
+        return DEFAULT_SPEAKER, None, line.strip()
+    return m["speaker"], m["revised"], m["text"].strip()
 
 
 def _ends_sentence(text: str) -> bool:
@@ -207,6 +235,16 @@ class EarConfig:
     max_turn_silence: int | None = None
     word_ms: int = 300
     silence_ms: int | None = None  # emulator-wide default for both silences
+    speaker_labels: bool = False
+    max_speakers: int | None = None
+    revision_interval_ms: int | None = None  # None: revisions only after Terminate
+
+    def speaker(self, label: str) -> str:
+        """A scripted label as heard: folded onto the first `max_speakers` letters."""
+        n = self.max_speakers
+        if n is None or n < 1 or not label.isalpha() or len(label) != 1:
+            return label
+        return chr(ord("A") + (ord(label) - ord("A")) % n)
 
     @property
     def pro(self) -> bool:
@@ -248,6 +286,9 @@ class ScriptedEar:
     _in_part: bool = False  # a partial showed a prefix of the next pending word
     _loud_until: int = 0  # audio clock at the end of the last loud frame
     _utterance_from: int = 0  # index in _words of the current utterance's first word
+    _speaker: str = DEFAULT_SPEAKER  # the current line's speaker, as heard
+    _revised: str | None = None  # the label the current line is relabelled to afterwards
+    _revisions: list[dict[str, Any]] = field(default_factory=list)  # sent after Terminate
 
     @property
     def in_turn(self) -> bool:
@@ -288,7 +329,11 @@ class ScriptedEar:
         if not self.in_turn:
             if not self.script:
                 return out
-            self._full_line = self.script[self._line % len(self.script)]
+            speaker, revised, self._full_line = script_line(
+                self.script[self._line % len(self.script)]
+            )
+            self._speaker = self.config.speaker(speaker)
+            self._revised = self.config.speaker(revised) if revised is not None else None
             self._line += 1
             self._pending = self._full_line.split()
             if self.config.pro:
@@ -329,14 +374,19 @@ class ScriptedEar:
             and _ends_sentence(self._words[-1].text)
         )
 
-    def _word_dict(self, w: _Word, *, formatted: bool, final: bool) -> dict[str, Any]:
-        return {
+    def _word_dict(
+        self, w: _Word, *, formatted: bool, final: bool, speaker: str | None = None
+    ) -> dict[str, Any]:
+        word = {
             "start": w.start,
             "end": w.end,
             "text": w.text if formatted else raw_word(w.text),
             "confidence": w.confidence,
             "word_is_final": final,
         }
+        if self.config.speaker_labels and final:
+            word["speaker"] = speaker or self._speaker
+        return word
 
     def _turn(
         self,
@@ -349,7 +399,7 @@ class ScriptedEar:
         utterance: str,
     ) -> dict[str, Any]:
         # key order follows the recorded service frames (type last)
-        return {
+        msg: dict[str, Any] = {
             "turn_order": self.turn_order,
             "turn_is_formatted": formatted,
             "end_of_turn": end_of_turn,
@@ -357,8 +407,11 @@ class ScriptedEar:
             "end_of_turn_confidence": eot_conf,
             "words": words,
             "utterance": utterance,
-            "type": "Turn",
         }
+        if self.config.speaker_labels:
+            msg["speaker_label"] = self._speaker
+        msg["type"] = "Turn"
+        return msg
 
     def _partial(self) -> dict[str, Any]:
         if self.config.pro:
@@ -373,6 +426,7 @@ class ScriptedEar:
             )
         words = [self._word_dict(w, formatted=False, final=True) for w in self._words]
         words[-1]["word_is_final"] = False
+        words[-1].pop("speaker", None)  # speakers are given for final words only
         return self._turn(
             words=words,
             transcript=" ".join(w["text"] for w in words[:-1]),
@@ -462,8 +516,35 @@ class ScriptedEar:
                         utterance="",
                     )
                 )
+        out.extend(self._revision())
         self.turn_order += 1
         self._words, self._pending = [], []
         self._loud_ms, self._word_start, self._silent_ms = 0.0, None, 0.0
         self._in_part, self._utterance_from = False, 0
         return out
+
+    def _revision(self) -> list[dict[str, Any]]:
+        """The ending turn's relabel: sent now (revision interval set) or kept for Terminate."""
+        if not self.config.speaker_labels or self._revised in (None, self._speaker):
+            return []
+        label = self._revised
+        assert label is not None
+        item = {
+            "turn_order": self.turn_order,
+            "speaker_label": label,
+            "words": [
+                self._word_dict(w, formatted=True, final=True, speaker=label) for w in self._words
+            ],
+        }
+        if self.config.revision_interval_ms is not None:
+            return [{"type": "SpeakerRevision", "revisions": [item]}]
+        self._revisions.append(item)
+        return []
+
+    def final_revisions(self) -> list[dict[str, Any]]:
+        """After Terminate (and the last turn's end): one `SpeakerRevision` naming every turn
+        relabelled since the last one, or nothing."""
+        if not self._revisions:
+            return []
+        revisions, self._revisions = self._revisions, []
+        return [{"type": "SpeakerRevision", "revisions": revisions}]
