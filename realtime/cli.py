@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.04,
         help="seconds between the emulated model's words (default 0.04)",
     )
+    demo.add_argument(
+        "--meeting",
+        action="store_true",
+        help="replay a scripted three-speaker meeting with the summary preset instead, "
+        "printing the rolling summary as it updates",
+    )
     return parser
 
 
@@ -740,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from realtime.demo import run_demo
 
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(run_demo(speed=args.speed, token_delay=args.token_delay))
+            return asyncio.run(
+                run_demo(speed=args.speed, token_delay=args.token_delay, meeting=args.meeting)
+            )
         return 130
     return 2  # pragma: no cover - argparse rejects unknown commands

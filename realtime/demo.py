@@ -13,6 +13,15 @@ reply in one burst, faster than the client can answer its first words), there is
 to cancel, and the client does what a voice client does for a reply it stopped playing: it
 sends `response.truncate` with the words the user heard, so the history keeps only those.
 Either way the reply is cut where the user spoke; which one happens depends only on timing.
+
+`python -m realtime demo --meeting`: a scripted meeting of three speakers
+(realtime/data/demo_meeting.txt, in the speech-to-text emulator's script syntax: `B: text` is
+spoken by B, `A>C: text` is heard as A and relabelled to C by a `SpeakerRevision`) sent as
+formatted final Turns with `speaker_label` to a session with the `summary` preset and
+`summary_every: {"turns": 3}`. Each rolling summary is printed when it completes; the end of
+the meeting (`Termination`) fires the last one. The emulated model answers "You said: <its
+prompt>", so each summary visibly contains the one before it. Exits 0 when every summary
+completed and every turn reached one; otherwise it says what went wrong and exits 1.
 """
 
 from __future__ import annotations
@@ -227,8 +236,14 @@ def verdict(printer: Printer, barge: BargeIn) -> list[str]:
 
 
 async def run_demo(
-    *, speed: float = 1.0, token_delay: float = 0.04, out: TextIO = sys.stdout
+    *,
+    speed: float = 1.0,
+    token_delay: float = 0.04,
+    meeting: bool = False,
+    out: TextIO = sys.stdout,
 ) -> int:
+    if meeting:
+        return await run_meeting(speed=speed, token_delay=token_delay, out=out)
     from gateway_client import GatewayClient
     from gateway_client.emulator import GatewayEmulator
 
@@ -263,5 +278,175 @@ async def run_demo(
     printer.write(
         f"\n{len(printer.created)} replies, {len(cut)} interrupted, "
         f"{len(failed)} failed: {'NOT OK: ' + '; '.join(problems) if problems else 'ok'}\n"
+    )
+    return 1 if problems else 0
+
+
+# --- the meeting demo -----------------------------------------------------------------------
+
+MEETING_PROMPT = "Summary so far: {{summary}}\nSince then:\n{{history}}"
+MEETING_EVERY = 3  # turns per summary
+MEETING_TURN_GAP_MS = 600  # between two turns, at speed 1
+
+
+def load_meeting() -> list[tuple[str, str | None, str]]:
+    """(speaker, relabelled-to or None, text) for each line of the bundled meeting."""
+    from realtime.emulators.stt_engine import script_line
+
+    text = resources.files("realtime.data").joinpath("demo_meeting.txt").read_text("utf-8")
+    return [script_line(line) for line in text.splitlines() if line.strip()]
+
+
+def meeting_turn(order: int, speaker: str, text: str, start_ms: int) -> dict[str, Any]:
+    """A formatted final AssemblyAI v3 Turn, as the service sends it with `speaker_labels`."""
+    words = [
+        {
+            "start": start_ms + 320 * i,
+            "end": start_ms + 320 * i + 280,
+            "text": w,
+            "confidence": 0.93,
+            "word_is_final": True,
+            "speaker": speaker,
+        }
+        for i, w in enumerate(text.split())
+    ]
+    return {
+        "turn_order": order,
+        "turn_is_formatted": True,
+        "end_of_turn": True,
+        "transcript": text,
+        "end_of_turn_confidence": 0.9,
+        "words": words,
+        "utterance": "",
+        "speaker_label": speaker,
+        "type": "Turn",
+    }
+
+
+class MeetingPrinter:
+    """Prints the meeting's turns and each rolling summary as it completes."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.summaries: list[dict[str, Any]] = []
+        self.failed: list[str] = []
+        self.errors: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def on_message(self, m: dict[str, Any]) -> None:
+        kind = m.get("type")
+        if kind == "response.done":
+            self.summaries.append(m)
+            lines = m.get("text", "").splitlines() or [""]
+            self.write(
+                f"\n  summary {len(self.summaries)} (through turn {m.get('turn_order')}, "
+                f"{len(m.get('text', ''))} chars):\n"
+            )
+            self.write("".join(f"    | {line}\n" for line in lines))
+            self.write("\n")
+        elif kind in ("response.failed", "response.cancelled"):
+            self.failed.append(str(m.get("response_id")))
+            self.write(f"  [summary {kind.split('.')[1]}: {m.get('error') or m.get('reason')}]\n")
+        elif kind == "error":
+            self.errors.append(str(m.get("error")))
+            self.write(f"  error {m.get('error')}\n")
+
+
+async def meeting_replay(url: str, speed: float, printer: MeetingPrinter) -> tuple[int, int | None]:
+    """Send the meeting; return (turns sent, the server's close code)."""
+    script = load_meeting()
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        created = orjson.loads((await ws.receive()).data)
+        printer.write(f"session {created['session_id']} (model {created['session']['model']})\n")
+        update = {
+            "preset": "summary",
+            "instructions": "",
+            "prompt": MEETING_PROMPT,
+            "summary_every": {"turns": MEETING_EVERY},
+        }
+        await ws.send_str(orjson.dumps({"type": "session.update", "session": update}).decode())
+        while True:
+            m = orjson.loads((await ws.receive()).data)
+            if m.get("type") == "session.updated":
+                break
+            if m.get("type") == "error":
+                raise RuntimeError(f"session.update refused: {m.get('error')}")
+        printer.write(f"summary preset, a summary every {MEETING_EVERY} turns\n\n")
+
+        async def read() -> None:
+            async for frame in ws:
+                if frame.type == aiohttp.WSMsgType.TEXT:
+                    printer.on_message(orjson.loads(frame.data))
+
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(read())
+            clock = 0
+            for order, (speaker, revised, text) in enumerate(script):
+                await asyncio.sleep(MEETING_TURN_GAP_MS / 1000 / speed)
+                turn = meeting_turn(order, speaker, text, clock)
+                clock = turn["words"][-1]["end"] + MEETING_TURN_GAP_MS
+                printer.write(f"  [{order}] {speaker}: {text}\n")
+                await ws.send_str(orjson.dumps(turn).decode())
+                if revised is not None and revised != speaker:
+                    words = [{**w, "speaker": revised} for w in turn["words"]]
+                    revision = {"turn_order": order, "speaker_label": revised, "words": words}
+                    message = {"type": "SpeakerRevision", "revisions": [revision]}
+                    await ws.send_str(orjson.dumps(message).decode())
+                    printer.write(f"      (turn {order} relabelled {speaker} -> {revised})\n")
+            printer.write("  [the meeting ends]\n")
+            end = {"type": "Termination", "audio_duration_seconds": clock // 1000}
+            await ws.send_str(orjson.dumps({**end, "session_duration_seconds": 0}).decode())
+            await reader  # the server fires the last summary, then closes with 1000
+        return len(script), ws.close_code
+
+
+def meeting_verdict(printer: MeetingPrinter, turns: int, close_code: int | None) -> list[str]:
+    """What went wrong in the meeting run, one phrase each (empty: OK)."""
+    problems = []
+    if printer.failed:
+        problems.append(f"{len(printer.failed)} summaries did not complete")
+    if printer.errors:
+        problems.append(f"{len(printer.errors)} errors")
+    if len(printer.summaries) < 2:
+        problems.append(f"only {len(printer.summaries)} summaries")
+    if not printer.summaries or printer.summaries[-1].get("turn_order") != turns - 1:
+        problems.append("the last turn reached no summary")
+    if close_code != 1000:
+        problems.append(f"the service closed with {close_code}")
+    return problems
+
+
+async def run_meeting(
+    *, speed: float = 1.0, token_delay: float = 0.04, out: TextIO = sys.stdout
+) -> int:
+    from gateway_client import GatewayClient
+    from gateway_client.emulator import GatewayEmulator
+
+    printer = MeetingPrinter(out)
+    async with (
+        GatewayEmulator(
+            host="127.0.0.1", port=0, token_delay=token_delay, first_token_delay=0.12
+        ) as emulator,
+        GatewayClient(base_url=emulator.base_url, api_key=None) as gateway,
+    ):
+        settings = ServerSettings(
+            host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1")
+        )
+        async with Server(settings, gateway) as server:
+            printer.write(
+                f"realtime demo --meeting: service on ws://127.0.0.1:{server.port}/v1/realtime, "
+                f"LLM Gateway emulator on {emulator.base_url}\n"
+            )
+            async with asyncio.timeout(DEADLINE_S):
+                turns, code = await meeting_replay(
+                    f"ws://127.0.0.1:{server.port}/v1/realtime", speed, printer
+                )
+    problems = meeting_verdict(printer, turns, code)
+    printer.write(
+        f"{turns} turns, {len(printer.summaries)} summaries, {len(printer.failed)} failed: "
+        f"{'NOT OK: ' + '; '.join(problems) if problems else 'ok'}\n"
     )
     return 1 if problems else 0

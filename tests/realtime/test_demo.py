@@ -8,6 +8,7 @@ to what was heard (`response.truncate`) instead of expecting a cancellation it c
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,39 @@ def test_verdict_ok_when_a_finished_reply_was_truncated_to_what_was_heard():
 def test_verdict_names_what_went_wrong(messages, barge, says):
     problems = verdict(printer_with(*messages), barge)
     assert any(says in p for p in problems), problems
+
+
+# ---- the meeting demo -----------------------------------------------------------------------
+
+
+def test_meeting_demo_prints_rolling_summaries_with_speakers():
+    result = run_demo("--meeting", "--token-delay", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"12 turns, \d+ summaries, 0 failed: ok", last), out
+    summaries = out.split("  summary ")[1:]
+    assert len(summaries) >= 2
+    # speakers reach the prompt; the relabel of turn 7 (B -> C) is sent and shown
+    assert "| B: The beta build is ready" in summaries[0]
+    assert "(turn 7 relabelled B -> C)" in out
+    if len(summaries) == 4:  # at the cadence (a slow machine may coalesce summaries)
+        assert "| C: Support can run the regression tests" in summaries[2]
+    # each summary refines the one before it: the beginning of the meeting is never forgotten
+    for s in summaries:
+        assert "| A: Good morning everyone" in s
+    assert "Thanks all, we meet again" in summaries[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_the_meeting_verdict_names_what_went_wrong():
+    from realtime.demo import MeetingPrinter, meeting_verdict
+
+    printer = MeetingPrinter(io.StringIO())
+    printer.on_message(
+        {"type": "response.done", "response_id": "r_0", "turn_order": 5, "text": "x"}
+    )
+    problems = meeting_verdict(printer, 12, 1011)
+    assert any("only 1 summaries" in p for p in problems)
+    assert any("last turn reached no summary" in p for p in problems)
+    assert any("closed with 1011" in p for p in problems)
