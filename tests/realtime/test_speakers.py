@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -179,3 +180,51 @@ async def test_the_audio_relay_passes_stt_speaker_parameters_upstream(
         record = await stt_emu.wait_closed(timeout=10)
     assert record.params["speaker_labels"] is True and record.params["max_speakers"] == 3
     assert turn["speaker_label"] == "B" and turn["words"][0]["speaker"] == "B"
+
+
+async def test_official_sdk_client_gets_speakers_and_the_revision():
+    from assemblyai.streaming.v3 import (
+        RealTimeEvents,
+        RealTimeParameters,
+        RealTimeTranscriber,
+        RealTimeTranscriberOptions,
+    )
+
+    events: list[Any] = []
+    errors: list[Any] = []
+    chunks = [f for _ in range(2) for f in tone(1.0, True) + tone(0.6, False)]
+    script = ["B: Hello there.", "A>C: I can take that."]
+    async with SttEmulator(script=script, word_ms=150) as emu:
+        client = RealTimeTranscriber(RealTimeTranscriberOptions(api_key="k", api_host=emu.url))
+        for ev in (RealTimeEvents.Turn, RealTimeEvents.SpeakerRevision):
+            client.on(ev, lambda _c, e: events.append(e))
+        client.on(RealTimeEvents.Error, lambda _c, e: errors.append(e))
+        params = RealTimeParameters.model_validate(
+            {
+                "sample_rate": 16000,
+                "speech_model": US,
+                "speaker_labels": True,
+                "max_speakers": 3,
+                "max_turn_silence": 400,
+            }
+        )
+
+        def run() -> None:
+            client.connect(params)
+            for chunk in chunks:
+                client.stream(chunk)
+                time.sleep(0.05)
+            client.disconnect(terminate=True)
+
+        async with asyncio.timeout(25):
+            await asyncio.to_thread(run)
+        rec = await emu.wait_closed()
+    assert errors == []
+    assert rec.params["speaker_labels"] is True and rec.params["max_speakers"] == 3
+    ends = [e for e in events if getattr(e, "end_of_turn", False)]
+    assert [e.speaker_label for e in ends] == ["B", "A"]
+    assert {w.speaker for w in ends[0].words} == {"B"}
+    (revision,) = [e for e in events if e.type == "SpeakerRevision"]
+    (item,) = revision.revisions
+    assert item.turn_order == 1 and item.speaker_label == "C"
+    assert {w.speaker for w in item.words} == {"C"}
