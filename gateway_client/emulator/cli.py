@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
 
 from gateway_client.emulator.server import GatewayEmulator
+from gateway_client.jsonlog import setup
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,50 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# The attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, shaped like the realtime service's: ts, level, logger, msg,
-    then each `extra=` field as a top-level key. Configured keys never appear in a line."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        line = orjson.dumps(out, default=str).decode()
-        for secret in self.secrets:
-            line = line.replace(secret, "[redacted]")
-        return line
-
-
-def _log_json(secrets: Iterable[str]) -> None:
-    """Log JSON lines at INFO to stderr, as `python -m realtime serve` does."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    # aiohttp's access log repeats each request without ids; the emulator logs its own line.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
 async def _serve(args: argparse.Namespace) -> None:
     transcripts = orjson.loads(args.transcripts.read_bytes()) if args.transcripts else None
     emulator = GatewayEmulator(
@@ -143,7 +97,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m gateway_client.emulator``."""
     args = _parser().parse_args(argv)
-    _log_json(args.api_key)
+    setup("info", args.api_key)
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
