@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TextIO
 
@@ -235,20 +237,13 @@ def verdict(printer: Printer, barge: BargeIn) -> list[str]:
     return problems
 
 
-async def run_demo(
-    *,
-    speed: float = 1.0,
-    token_delay: float = 0.04,
-    meeting: bool = False,
-    out: TextIO = sys.stdout,
-) -> int:
-    if meeting:
-        return await run_meeting(speed=speed, token_delay=token_delay, out=out)
+@asynccontextmanager
+async def local_service(token_delay: float) -> AsyncIterator[tuple[str, str]]:
+    """The service and a local LLM Gateway emulator on loopback, for the demos: yields the
+    service's WebSocket URL and the emulator's base URL."""
     from gateway_client import GatewayClient
     from gateway_client.emulator import GatewayEmulator
 
-    printer = Printer(out)
-    barge = BargeIn()
     async with (
         GatewayEmulator(
             host="127.0.0.1", port=0, token_delay=token_delay, first_token_delay=0.12
@@ -259,18 +254,24 @@ async def run_demo(
             host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1")
         )
         async with Server(settings, gateway) as server:
-            printer.write(
-                f"realtime demo: service on ws://127.0.0.1:{server.port}/v1/realtime, "
-                f"LLM Gateway emulator on {emulator.base_url}\n"
-            )
-            async with asyncio.timeout(DEADLINE_S):
-                await replay(
-                    f"ws://127.0.0.1:{server.port}/v1/realtime",
-                    load_script(),
-                    speed,
-                    printer,
-                    barge,
-                )
+            yield f"ws://127.0.0.1:{server.port}/v1/realtime", emulator.base_url
+
+
+async def run_demo(
+    *,
+    speed: float = 1.0,
+    token_delay: float = 0.04,
+    meeting: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    if meeting:
+        return await run_meeting(speed=speed, token_delay=token_delay, out=out)
+    printer = Printer(out)
+    barge = BargeIn()
+    async with local_service(token_delay) as (url, gateway_url):
+        printer.write(f"realtime demo: service on {url}, LLM Gateway emulator on {gateway_url}\n")
+        async with asyncio.timeout(DEADLINE_S):
+            await replay(url, load_script(), speed, printer, barge)
     problems = verdict(printer, barge)
     cut = [r for r, how in printer.terminals.items() if how == "cancelled"]
     cut += [r for r in printer.truncated if r not in cut]
@@ -422,28 +423,13 @@ def meeting_verdict(printer: MeetingPrinter, turns: int, close_code: int | None)
 async def run_meeting(
     *, speed: float = 1.0, token_delay: float = 0.04, out: TextIO = sys.stdout
 ) -> int:
-    from gateway_client import GatewayClient
-    from gateway_client.emulator import GatewayEmulator
-
     printer = MeetingPrinter(out)
-    async with (
-        GatewayEmulator(
-            host="127.0.0.1", port=0, token_delay=token_delay, first_token_delay=0.12
-        ) as emulator,
-        GatewayClient(base_url=emulator.base_url, api_key=None) as gateway,
-    ):
-        settings = ServerSettings(
-            host="127.0.0.1", port=0, default_config=SessionConfig.from_defaults(model="gpt-4.1")
+    async with local_service(token_delay) as (url, gateway_url):
+        printer.write(
+            f"realtime demo --meeting: service on {url}, LLM Gateway emulator on {gateway_url}\n"
         )
-        async with Server(settings, gateway) as server:
-            printer.write(
-                f"realtime demo --meeting: service on ws://127.0.0.1:{server.port}/v1/realtime, "
-                f"LLM Gateway emulator on {emulator.base_url}\n"
-            )
-            async with asyncio.timeout(DEADLINE_S):
-                turns, code = await meeting_replay(
-                    f"ws://127.0.0.1:{server.port}/v1/realtime", speed, printer
-                )
+        async with asyncio.timeout(DEADLINE_S):
+            turns, code = await meeting_replay(url, speed, printer)
     problems = meeting_verdict(printer, turns, code)
     printer.write(
         f"{turns} turns, {len(printer.summaries)} summaries, {len(printer.failed)} failed: "
