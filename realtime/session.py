@@ -203,18 +203,12 @@ class Session:
         if not self.accepting:
             return False
         if last_seq is None:
-            outputs = self.core.join(conn.id, conn.role)
-            if conn.role == "participant":
-                created = outputs[0]
-                assert isinstance(created, SendTo)
-                fields = dict(created.message.fields or {})
-                fields["resume_token"] = self.resume_token
-                outputs = [SendTo(conn.id, Outbound("session.created", fields))]
+            token = self.resume_token if conn.role == "participant" else None
             self.connections[conn.id] = conn
-            self.run(outputs)
+            self.run(self.core.join(conn.id, conn.role, token))
         else:
             resumed = self.core.resumed(last_seq)
-            conn.offer(resumed, self._stamped(resumed, self.seq))
+            conn.offer(resumed, resumed.encode(self.seq))
             for seq, data in self.replay:
                 if seq > last_seq:
                     conn.offer_bytes(data)
@@ -332,9 +326,6 @@ class Session:
                 self.finish()
             elif isinstance(o, Log):
                 self.log.log(o.level, o.message, extra=o.fields)
-
-    def _stamped(self, message: Outbound, seq: int) -> bytes:
-        return message.encode(seq)
 
     def _next_seq(self, data_of: Outbound) -> tuple[int, bytes]:
         self.seq += 1

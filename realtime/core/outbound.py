@@ -97,11 +97,14 @@ def session_created(
     config: Mapping[str, Any],
     history: list[dict[str, Any]] | None,
     summary: str | None = None,
+    resume_token: str | None = None,
 ) -> Outbound:
     fields: dict[str, Any] = {"session_id": session_id, "role": role, "session": config}
     if history is not None:
         fields["history"] = history
     fields["summary"] = summary  # the latest completed summary (PROTOCOL.md "Long conversations")
+    if resume_token is not None:  # participants only (PROTOCOL.md "Resuming a session")
+        fields["resume_token"] = resume_token
     return Outbound("session.created", fields)
 
 

@@ -186,14 +186,16 @@ class SessionCore:
 
     # ---- connections ------------------------------------------------------------------
 
-    def join(self, conn: int, role: str) -> list[Output]:
-        """The `session.created` of a new connection, with the history so far."""
+    def join(self, conn: int, role: str, resume_token: str | None = None) -> list[Output]:
+        """The `session.created` of a new connection, with the history so far (and, for a
+        participant, the session's `resume_token`)."""
         created = out_msg.session_created(
             self.id,
             role,
             self.config.to_wire(),
             self.conversation.history(self._live()),
             self.conversation.summary,
+            resume_token,
         )
         return [SendTo(conn, created)]
 
